@@ -1,0 +1,194 @@
+"""Typed, frozen settings read once from params.yaml.
+
+`load_settings(path)` is called by the command line entry points only; library functions
+receive the pieces they need as arguments. Unknown keys and bad values are rejected with a
+message naming the key, so a typo in params.yaml never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SettingsError(ValueError):
+    """params.yaml is missing, unreadable or holds a bad value."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Frozen):
+    source: Path = Path("data/sample")
+    observed_until: str | None = None
+
+
+class ChurnSettings(_Frozen):
+    definition: Literal["contract", "inactivity"] = "contract"
+    grace_days: int = Field(14, ge=0, le=365)
+    inactivity_days: int = Field(60, ge=1, le=730)
+
+
+class CutoffSettings(_Frozen):
+    frequency: Literal["month", "week"] = "month"
+    min_history_days: int = Field(0, ge=0)
+
+
+class LtvSettings(_Frozen):
+    horizon_days: int = Field(365, ge=1, le=3650)
+    annual_discount_rate: float = Field(0.10, ge=0.0, lt=1.0)
+    currency: str = Field("USD", min_length=3, max_length=3)
+
+
+class FeatureSettings(_Frozen):
+    windows: tuple[int, ...] = (7, 30, 90)
+    value_event: str = "report_created"
+    onboarding_days: int = Field(90, ge=1)
+    renewal_window_days: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> FeatureSettings:
+        if not self.windows or any(w < 1 for w in self.windows):
+            raise ValueError("windows must be a non-empty list of positive day counts")
+        if 30 not in self.windows:
+            raise ValueError("windows must include 30 (trend features compare 30-day windows)")
+        if len(set(self.windows)) != len(self.windows):
+            raise ValueError("windows must not repeat a value")
+        return self
+
+    @property
+    def max_window(self) -> int:
+        return max(max(self.windows), 60)
+
+
+class LightGBMSettings(_Frozen):
+    n_estimators: int = Field(400, ge=1, le=10_000)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(15, ge=2, le=1024)
+    max_depth: int = Field(5, ge=-1, le=64)
+    min_child_samples: int = Field(50, ge=1)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    early_stopping_rounds: int = Field(40, ge=1)
+
+
+class TrainingSettings(_Frozen):
+    seed: int = 42
+    test_cutoffs: int = Field(2, ge=1)
+    validation_cutoffs: int = Field(2, ge=1)
+    calibration_cutoffs: int = Field(1, ge=1)
+    lightgbm: LightGBMSettings = LightGBMSettings()
+
+
+class TierSettings(_Frozen):
+    medium: float = Field(0.10, gt=0, lt=1)
+    high: float = Field(0.25, gt=0, lt=1)
+    critical: float = Field(0.50, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_order(self) -> TierSettings:
+        if not self.medium < self.high < self.critical:
+            raise ValueError("tier thresholds must rise: medium < high < critical")
+        return self
+
+    def tier(self, probability: float) -> str:
+        """The tier name for one churn probability."""
+        for name in ("critical", "high", "medium"):
+            if probability >= getattr(self, name):
+                return name
+        return "low"
+
+
+DRIVER_GROUPS = ("onboarding", "usage", "support", "billing", "sentiment", "contract", "account")
+
+
+class DriverSettings(_Frozen):
+    top_n: int = Field(3, ge=1, le=20)
+
+
+class PlaybookSettings(_Frozen):
+    onboarding: str = "Book an onboarding call to reach first value"
+    usage: str = "Run an adoption review of the features they use"
+    support: str = "Escalate open support tickets to a senior engineer"
+    billing: str = "Reach out about the failed payment and update billing details"
+    sentiment: str = "Engage an executive sponsor to address satisfaction"
+    contract: str = "Prepare the renewal with a value summary"
+    account: str = "Review the account plan with the account owner"
+
+
+class MlflowSettings(_Frozen):
+    tracking_uri: str | None = None
+    experiment: str = "churnlens"
+    model_name: str = "churnlens"
+
+
+class PathSettings(_Frozen):
+    work_dir: Path = Path("work")
+    models_dir: Path = Path("models")
+
+
+class ServingSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    max_page_size: int = Field(1000, ge=1, le=100_000)
+
+
+class BatchSettings(_Frozen):
+    chunk_size: int = Field(50_000, ge=100)
+    psi_threshold: float = Field(0.2, gt=0)
+
+
+class Settings(_Frozen):
+    """Everything in params.yaml."""
+
+    data: DataSettings = DataSettings()
+    churn: ChurnSettings = ChurnSettings()
+    cutoffs: CutoffSettings = CutoffSettings()
+    horizon_days: int = Field(90, ge=1, le=730)
+    ltv: LtvSettings = LtvSettings()
+    features: FeatureSettings = FeatureSettings()
+    training: TrainingSettings = TrainingSettings()
+    tiers: TierSettings = TierSettings()
+    drivers: DriverSettings = DriverSettings()
+    playbooks: PlaybookSettings = PlaybookSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    paths: PathSettings = PathSettings()
+    serving: ServingSettings = ServingSettings()
+    batch: BatchSettings = BatchSettings()
+
+
+def parse_settings(raw: dict, origin: str = "params.yaml") -> Settings:
+    """Validate a dict shaped like params.yaml.
+
+    Raises SettingsError naming every bad key as a dotted path (``training.lightgbm.num_leaves``).
+    """
+    try:
+        return Settings.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"  {key}: unknown key; remove it or fix its spelling")
+            else:
+                lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError(f"{origin} has {len(lines)} bad setting(s):\n" + "\n".join(lines)) from None
+
+
+def load_settings(path: str | Path = "params.yaml") -> Settings:
+    """Read and validate params.yaml; relative paths inside stay relative to the working dir."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"settings file {path} not found; pass --params PATH or create it")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path} is not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise SettingsError(f"{path} must hold a mapping of settings, not {type(raw).__name__}")
+    return parse_settings(raw or {}, origin=str(path))
