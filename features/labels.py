@@ -1,6 +1,6 @@
 """Labels for each spine row, from the window after its cutoff only.
 
-- ``churned``: 1 when the customer churned in (c, c + horizon], 0 when not; NULL when that
+- ``churned``: 1 when the customer churned in [c, c + horizon), 0 when not; NULL when that
   window (plus the time needed to confirm a churn) is not fully observed.
 - ``duration_days`` and ``event``: days from c to churn, or to the end of what is observed
   (censored, event = 0), for survival models.
@@ -33,7 +33,7 @@ def build_labels(
         WITH nxt AS (
             SELECT k.customer_id, k.cutoff, min(e.churned_at) AS churned_at
             FROM spine k LEFT JOIN churn_events e
-              ON e.customer_id = k.customer_id AND e.churned_at > k.cutoff
+              ON e.customer_id = k.customer_id AND e.churned_at >= k.cutoff
             GROUP BY 1, 2),
         obs AS (
             SELECT *, churned_at IS NOT NULL
@@ -49,7 +49,7 @@ def build_labels(
             GROUP BY 1, 2)
         SELECT o.customer_id, o.cutoff,
             CASE WHEN o.cutoff + INTERVAL {horizon_days + lag} DAY > $until THEN NULL
-                 WHEN o.event AND o.churned_at <= o.cutoff + INTERVAL {horizon_days} DAY THEN 1
+                 WHEN o.event AND o.churned_at < o.cutoff + INTERVAL {horizon_days} DAY THEN 1
                  ELSE 0 END AS churned,
             CAST(o.event AS INTEGER) AS event,
             greatest(date_diff('second', o.cutoff, CASE WHEN o.event THEN o.churned_at

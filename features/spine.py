@@ -25,7 +25,9 @@ def cutoff_dates(ds: DataSet, settings: CutoffSettings) -> list[pd.Timestamp]:
         raise ValueError("customers is empty: there is nobody to score")
     start = pd.Timestamp(first) + pd.Timedelta(days=settings.min_history_days)
     freq = "MS" if settings.frequency == "month" else "W-MON"
-    cutoffs = list(pd.date_range(start.normalize(), ds.observed_until, freq=freq, inclusive="right"))
+    cutoffs = list(
+        pd.date_range(start.normalize(), ds.observed_until, freq=freq, inclusive="right")
+    )
     cutoffs = [c for c in cutoffs if c < ds.observed_until]
     if not cutoffs:
         raise ValueError(
@@ -52,13 +54,13 @@ def build_spine(ds: DataSet, churn: ChurnSettings) -> int:
         active = """
             SELECT DISTINCT s.customer_id, k.cutoff
             FROM subscriptions s JOIN cutoffs k
-              ON s.started_at < k.cutoff AND (s.ended_at IS NULL OR s.ended_at > k.cutoff)
+              ON s.started_at < k.cutoff AND (s.ended_at IS NULL OR s.ended_at >= k.cutoff)
         """
     else:
         active = f"""
             SELECT DISTINCT a.customer_id, k.cutoff
             FROM ({_activity_sql()}) a JOIN cutoffs k
-              ON a.at < k.cutoff AND a.at >= k.cutoff - INTERVAL {churn.inactivity_days} DAY
+              ON a.activity_at < k.cutoff AND a.activity_at >= k.cutoff - INTERVAL {churn.inactivity_days} DAY
         """
     ds.con.execute(f"""
         CREATE OR REPLACE TABLE spine AS
@@ -71,8 +73,8 @@ def build_spine(ds: DataSet, churn: ChurnSettings) -> int:
 
 def _activity_sql() -> str:
     return """
-        SELECT customer_id, occurred_at AS at FROM events
-        UNION ALL SELECT customer_id, occurred_at AS at FROM payments
+        SELECT customer_id, occurred_at AS activity_at FROM events
+        UNION ALL SELECT customer_id, occurred_at AS activity_at FROM payments
     """
 
 
@@ -103,11 +105,11 @@ def build_churn_events(ds: DataSet, churn: ChurnSettings) -> None:
         """
     else:
         sql = f"""
-            WITH a AS (SELECT DISTINCT customer_id, at FROM ({_activity_sql()})),
-            n AS (SELECT customer_id, at,
-                    lead(at) OVER (PARTITION BY customer_id ORDER BY at) AS next_at FROM a)
-            SELECT customer_id, at + INTERVAL {churn.inactivity_days} DAY AS churned_at FROM n
-            WHERE next_at IS NULL OR next_at > at + INTERVAL {churn.inactivity_days} DAY
+            WITH a AS (SELECT DISTINCT customer_id, activity_at FROM ({_activity_sql()})),
+            n AS (SELECT customer_id, activity_at,
+                    lead(activity_at) OVER (PARTITION BY customer_id ORDER BY activity_at) AS next_at FROM a)
+            SELECT customer_id, activity_at + INTERVAL {churn.inactivity_days} DAY AS churned_at FROM n
+            WHERE next_at IS NULL OR next_at > activity_at + INTERVAL {churn.inactivity_days} DAY
         """
     ds.con.execute(f"CREATE OR REPLACE TABLE churn_events AS {sql}")
 

@@ -1,0 +1,128 @@
+"""Leakage guard: records at or after a cutoff never change that cutoff's features."""
+
+from __future__ import annotations
+
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from churnlens.settings import Settings
+from features.build import build_snapshot
+from features.loading import load_source
+
+DAY0 = pd.Timestamp("2024-01-01")
+CUSTOMERS = ["a", "b", "c"]
+END = "2025-06-01"
+SETTINGS = Settings()
+
+day = st.integers(min_value=0, max_value=240)
+cust = st.sampled_from(CUSTOMERS)
+
+
+def _ts(d: int) -> pd.Timestamp:
+    return DAY0 + pd.Timedelta(days=d)
+
+
+event = st.tuples(cust, day, st.sampled_from(["login", "report_created", "export"]),
+                  st.integers(1, 5))
+payment = st.tuples(cust, day, st.floats(1, 500), st.sampled_from(["paid", "failed", "refunded"]))
+ticket = st.tuples(cust, day, st.one_of(st.none(), st.integers(0, 60)),
+                   st.sampled_from(["low", "normal", "high"]), st.integers(1, 5))
+survey = st.tuples(cust, day, st.integers(0, 10))
+subscription = st.tuples(cust, day, st.one_of(st.none(), st.integers(1, 200)),
+                         st.floats(0, 1000), st.sampled_from(["month", "year"]))
+
+
+def _frames(events, payments, tickets, surveys, subs) -> dict[str, pd.DataFrame]:
+    return {
+        "customers": pd.DataFrame({"customer_id": CUSTOMERS,
+                                   "signed_up_at": [DAY0] * 3, "segment": ["x", "y", "x"]}),
+        "events": pd.DataFrame(
+            [(c, _ts(d), e, float(q)) for c, d, e, q in events],
+            columns=["customer_id", "occurred_at", "event", "quantity"]),
+        "payments": pd.DataFrame(
+            [(c, _ts(d), a, s) for c, d, a, s in payments],
+            columns=["customer_id", "occurred_at", "amount", "status"]),
+        "tickets": pd.DataFrame(
+            [(c, _ts(d), None if dur is None else _ts(d + dur), p, float(cs) if dur else None)
+             for c, d, dur, p, cs in tickets],
+            columns=["customer_id", "opened_at", "closed_at", "priority", "csat"]),
+        "surveys": pd.DataFrame([(c, _ts(d), n) for c, d, n in surveys],
+                                columns=["customer_id", "answered_at", "nps"]),
+        "subscriptions": pd.DataFrame(
+            # customer a always holds an open subscription, so the spine is never empty
+            [("a", DAY0, None, 50.0, "month")]
+            + [(c, _ts(d), None if dur is None else _ts(d + dur), m, b) for c, d, dur, m, b in subs],
+            columns=["customer_id", "started_at", "ended_at", "mrr", "billing_interval"]),
+    }
+
+
+def _features(frames, cutoff) -> pd.DataFrame:
+    ds = load_source(frames, observed_until=END)
+    return build_snapshot(ds, cutoff, SETTINGS).frame.reset_index(drop=True)
+
+
+def _late(rows, cutoff_day, ts_index=1):
+    return [r for r in rows if r[ts_index] >= cutoff_day]
+
+
+def _mutate(rows, cutoff_day, data, strategy):
+    """Drop, change and add rows recorded at or after the cutoff; keep earlier rows as they are."""
+    early = [r for r in rows if r[1] < cutoff_day]
+    late = [r for r in _late(rows, cutoff_day) if data.draw(st.booleans())]
+    late_day = st.integers(min_value=cutoff_day, max_value=300)
+    changed = [data.draw(strategy.map(lambda r: (r[0], 0, *r[2:]))) for _ in late]
+    changed = [(r[0], data.draw(late_day), *r[2:]) for r in changed]
+    added = [(r[0], data.draw(late_day), *r[2:])
+             for r in data.draw(st.lists(strategy, max_size=3))]
+    return early + changed + added
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(event, min_size=1, max_size=25),
+    payments=st.lists(payment, max_size=8),
+    tickets=st.lists(ticket, max_size=6),
+    surveys=st.lists(survey, max_size=5),
+    subs=st.lists(subscription, min_size=1, max_size=5),
+    cutoff_day=st.integers(min_value=20, max_value=200),
+    data=st.data(),
+)
+def test_records_at_or_after_cutoff_never_change_its_features(
+    events, payments, tickets, surveys, subs, cutoff_day, data
+):
+    cutoff = _ts(cutoff_day)
+    before = _features(_frames(events, payments, tickets, surveys, subs), cutoff)
+    # Subscriptions and tickets also carry a later-known time (end, close): move those
+    # around freely as long as they stay at or after the cutoff.
+    late_end = st.integers(min_value=cutoff_day, max_value=400)
+    subs_changed = [
+        (c, d, dur if dur is None or d + dur < cutoff_day else data.draw(late_end) - d, m, b)
+        for c, d, dur, m, b in subs if d < cutoff_day
+    ]
+    tickets_changed = [
+        (c, d, dur if dur is None or d + dur < cutoff_day else data.draw(late_end) - d, p, cs)
+        for c, d, dur, p, cs in tickets if d < cutoff_day
+    ]
+    after = _features(
+        _frames(
+            _mutate(events, cutoff_day, data, event),
+            _mutate(payments, cutoff_day, data, payment),
+            tickets_changed + _mutate(_late(tickets, cutoff_day), cutoff_day, data, ticket),
+            _mutate(surveys, cutoff_day, data, survey),
+            subs_changed + _mutate(_late(subs, cutoff_day), cutoff_day, data, subscription),
+        ),
+        cutoff,
+    )
+    pd.testing.assert_frame_equal(before, after, check_dtype=False)
+
+
+def test_a_record_before_the_cutoff_does_change_features():
+    """The guard above is not vacuous: the same machinery sees earlier records."""
+    events = [("a", 10, "login", 1)]
+    subs = [("a", 0, None, 100.0, "month")]
+    base = _features(_frames(events, [], [], [], subs), _ts(30))
+    more = _features(_frames(events + [("a", 29, "login", 4)], [], [], [], subs), _ts(30))
+    assert base.loc[0, "events_30d"] == 1.0
+    assert more.loc[0, "events_30d"] == 5.0
+    assert more.loc[0, "days_since_last_event"] == 1.0
