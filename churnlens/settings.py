@@ -7,11 +7,19 @@ message naming the key, so a typo in params.yaml never silently falls back to a 
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class SettingsError(ValueError):
@@ -25,6 +33,12 @@ class _Frozen(BaseModel):
 class DataSettings(_Frozen):
     source: Path = Path("data/sample")
     observed_until: str | None = None
+
+    @field_validator("observed_until", mode="before")
+    @classmethod
+    def _date_to_str(cls, value):
+        # YAML reads an unquoted 2024-06-01 as a date; keep it as the ISO string.
+        return value.isoformat() if isinstance(value, date) else value
 
 
 class ChurnSettings(_Frozen):

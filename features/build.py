@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from churnlens.settings import Settings
-from features.labels import build_labels
+from features.labels import LABEL_COLUMNS, build_labels
 from features.loading import DataSet
-from features.queries import Feature, feature_list, feature_sql
+from features.queries import Feature, events_daily_sql, feature_list, feature_sql
 from features.spine import build_spine, cutoff_dates, set_cutoffs
 
 
@@ -29,10 +30,27 @@ class FeatureFrame:
         return [f.name for f in self.features]
 
 
-def compute_features(ds: DataSet, settings: Settings) -> pd.DataFrame:
-    """Features for every row of table `spine` (which must exist), as a pandas frame."""
+def compute_features(ds: DataSet, settings: Settings, with_labels: bool = False) -> pd.DataFrame:
+    """Features for every row of table `spine` (which must exist), as a pandas frame.
+
+    with_labels: also join table `labels` (built by `features.labels.build_labels`); the
+    join runs in DuckDB so that only one frame is ever materialised in pandas.
+    """
+    if not ds.derived:
+        ds.con.execute(f"CREATE TABLE events_daily AS {events_daily_sql(settings.features)}")
+        ds.derived = True
     sql = feature_sql(settings.features, ds.attributes)
-    frame = ds.con.execute(sql).df()
+    if with_labels:
+        cols = ", ".join(f"l.{c}" for c in LABEL_COLUMNS)
+        sql = (f"SELECT f.*, {cols} FROM ({sql}) f JOIN labels l "
+               "ON l.customer_id = f.customer_id AND l.cutoff = f.cutoff")
+    # Through Arrow, strings arrive as categories: a fraction of the memory of Python strings.
+    # Streamed in batches so DuckDB never holds the whole result at once.
+    reader = ds.con.sql(sql).to_arrow_reader(100_000)
+    frame = pa.Table.from_batches(reader).to_pandas(strings_to_categorical=True)
+    frame["customer_id"] = frame["customer_id"].astype(str)
+    # Sorted here, not in SQL: an ORDER BY would make DuckDB hold the whole result.
+    frame = frame.sort_values(["customer_id", "cutoff"], ignore_index=True)
     for f in feature_list(settings.features, ds.attributes):
         if f.kind == "numeric":
             frame[f.name] = frame[f.name].astype("float64")
@@ -50,9 +68,8 @@ def build_training_set(ds: DataSet, settings: Settings) -> FeatureFrame:
     if n == 0:
         raise ValueError("no customer is active at any cutoff: check the churn definition "
                          "and that subscriptions (or events) cover the history")
-    feats = compute_features(ds, settings)
-    labels = build_labels(ds, settings.churn, settings.horizon_days, settings.ltv.horizon_days)
-    frame = feats.merge(labels, on=["customer_id", "cutoff"], how="left", validate="1:1")
+    build_labels(ds, settings.churn, settings.horizon_days, settings.ltv.horizon_days)
+    frame = compute_features(ds, settings, with_labels=True)
     return FeatureFrame(frame, feature_list(settings.features, ds.attributes))
 
 
@@ -62,7 +79,7 @@ def build_snapshot(ds: DataSet, as_of: str | pd.Timestamp, settings: Settings) -
     Raises ValueError when AS_OF is not a date or lies after the end of the observed data.
     """
     try:
-        as_of = pd.Timestamp(as_of).tz_localize(None)
+        as_of = pd.Timestamp(as_of).tz_localize(None).normalize()
     except (ValueError, TypeError) as exc:
         raise ValueError(f"as-of date {as_of!r} is not a date ({exc}); use YYYY-MM-DD") from None
     if as_of > ds.observed_until:

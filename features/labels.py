@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 from churnlens.settings import ChurnSettings
 from features.loading import DataSet
 from features.spine import build_churn_events, confirmation_lag_days
@@ -21,15 +19,13 @@ LABEL_COLUMNS = ("churned", "event", "duration_days", "churned_at", "revenue_ltv
 
 def build_labels(
     ds: DataSet, churn: ChurnSettings, horizon_days: int, ltv_horizon_days: int
-) -> pd.DataFrame:
-    """Labels for every row of table `spine`, ordered like the spine.
-
-    Returns a frame with customer_id, cutoff and LABEL_COLUMNS.
-    """
+) -> None:
+    """Create table `labels` (customer_id, cutoff and LABEL_COLUMNS) for every spine row."""
     build_churn_events(ds, churn)
     lag = confirmation_lag_days(churn)
     until = ds.observed_until
-    return ds.con.execute(f"""
+    ds.con.execute(f"""
+        CREATE OR REPLACE TABLE labels AS
         WITH nxt AS (
             SELECT k.customer_id, k.cutoff, min(e.churned_at) AS churned_at
             FROM spine k LEFT JOIN churn_events e
@@ -58,5 +54,4 @@ def build_labels(
             CASE WHEN o.cutoff + INTERVAL {ltv_horizon_days} DAY > $until THEN NULL
                  ELSE coalesce(r.revenue, 0.0) END AS revenue_ltv
         FROM obs o LEFT JOIN rev r USING (customer_id, cutoff)
-        ORDER BY o.customer_id, o.cutoff
-    """, {"until": until}).df()
+    """, {"until": until})

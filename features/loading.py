@@ -61,12 +61,16 @@ class DataSet:
     observed_until: pd.Timestamp
     attributes: dict[str, str]  # static customer attribute -> "str" | "float"
     report: LoadReport
+    derived: bool = False  # derived tables (events_daily) have been built
 
 
-def connect() -> duckdb.DuckDBPyConnection:
+def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in UTC, so timestamp casts never shift by a local offset."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    # Bounded memory: DuckDB spills to disk past this instead of growing with the data.
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET preserve_insertion_order = false")
     return con
 
 
@@ -100,8 +104,9 @@ def _register_raw(con: duckdb.DuckDBPyConnection, source) -> list[str]:
         if parquet.exists():
             con.execute(f"CREATE VIEW raw_{name} AS SELECT * FROM read_parquet('{parquet}')")
         elif csv.exists():
+            # CSV is parsed once into a table: re-parsing it for every query would be slow.
             con.execute(
-                f"CREATE VIEW raw_{name} AS SELECT * FROM read_csv('{csv}', all_varchar = true)"
+                f"CREATE TABLE raw_{name} AS SELECT * FROM read_csv('{csv}', all_varchar = true)"
             )
         else:
             continue
@@ -115,7 +120,8 @@ def _examples(con, table: str, condition: str, n: int = 3) -> tuple[int, str]:
     if not count:
         return 0, ""
     ids = con.execute(
-        f"SELECT DISTINCT CAST(customer_id AS VARCHAR) FROM {table} WHERE {condition} LIMIT {n}"
+        f"SELECT DISTINCT CAST(customer_id AS VARCHAR) FROM {table} "
+        f"WHERE ({condition}) AND trim(CAST(customer_id AS VARCHAR)) <> '' ORDER BY 1 LIMIT {n}"
     ).fetchall()
     return count, ", ".join(repr(r[0]) for r in ids)
 
@@ -135,7 +141,7 @@ def _check_columns(con, spec: TableSpec, report: LoadReport) -> list[str]:
             f"(found: {', '.join(cols)}); add or rename them as in the data contract"
         )
     known = {c.name for c in spec.columns}
-    report.defaulted_columns[spec.name] = [c for c in known if c not in cols]
+    report.defaulted_columns[spec.name] = [c.name for c in spec.columns if c.name not in cols]
     if not spec.keep_extra:
         report.ignored_columns[spec.name] = [c for c in cols if c not in known]
     return cols
@@ -160,7 +166,10 @@ def _check_types(con, spec: TableSpec, cols: list[str]) -> None:
                 f"fix them to {'ISO 8601 UTC timestamps' if col.kind == 'timestamp' else col.kind}"
             )
         if col.required:
-            count, ids = _examples(con, f"raw_{spec.name}", f'"{col.name}" IS NULL')
+            empty = f'"{col.name}" IS NULL'
+            if col.kind == "str":  # a blank id or name is as empty as a missing one
+                empty += f' OR trim(CAST("{col.name}" AS VARCHAR)) = \'\''
+            count, ids = _examples(con, f"raw_{spec.name}", empty)
             if count:
                 raise DataError(
                     f"table {spec.name}, column {col.name}: {count:,} row(s) are empty "
@@ -235,11 +244,14 @@ def _check_values(con) -> None:
 def _observed_until(con, explicit: str | pd.Timestamp | None, tables: list[str]) -> pd.Timestamp:
     if explicit is not None:
         try:
-            return pd.Timestamp(explicit).tz_localize(None).normalize()
+            until = pd.Timestamp(explicit)
         except (ValueError, TypeError) as exc:
             raise DataError(
                 f"data.observed_until {explicit!r} is not a date: {exc}; use YYYY-MM-DD"
             ) from None
+        if pd.isna(until):
+            raise DataError(f"data.observed_until {explicit!r} is not a date; use YYYY-MM-DD")
+        return until.tz_localize(None).normalize()
     parts = [
         f"SELECT max({TABLES[t].time_column}) AS m FROM {t}" for t in tables
     ]
@@ -286,8 +298,12 @@ def load_source(source, observed_until: str | pd.Timestamp | None = None) -> Dat
         _check_types(con, spec, cols)
         attrs = _attribute_kinds(con, spec, cols) if spec.keep_extra else {}
         attributes.update(attrs)
-        con.execute(f"CREATE TABLE {name} AS SELECT {_clean_select(spec, cols, attrs)} "
+        # The largest table stays a view over the source, so it is streamed, not held.
+        kind, target = ("VIEW", "events_all") if name == "events" else ("TABLE", name)
+        con.execute(f"CREATE {kind} {target} AS SELECT {_clean_select(spec, cols, attrs)} "
                     f"FROM raw_{name}")
+        if name == "events":
+            con.execute("CREATE VIEW events AS SELECT * FROM events_all")
         report.rows_read[name] = con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
     _check_keys(con)
     _check_values(con)
@@ -299,8 +315,12 @@ def load_source(source, observed_until: str | pd.Timestamp | None = None) -> Dat
         later = con.execute(
             f"SELECT count(*) FROM {name} WHERE {time_col} >= ?", [until]
         ).fetchall()[0][0]
-        if later:
+        if later and name == "events":
+            con.execute("CREATE OR REPLACE VIEW events AS SELECT * FROM events_all "
+                        f"WHERE occurred_at < TIMESTAMP '{until}'")
+        elif later:
             con.execute(f"DELETE FROM {name} WHERE {time_col} >= ?", [until])
+        if later:
             report.set_aside.setdefault(name, {})[
                 f"recorded at or after observed_until {until.date()}"] = later
         report.rows_kept[name] = report.rows_read[name] - later

@@ -21,20 +21,28 @@ _LATER_KNOWN = {
 }
 
 
+# Events rolled up per customer and UTC day (see `events_daily_sql`); exact because cutoffs
+# are always midnights, so a whole day is either before a cutoff or not.
+_DAILY_COLUMNS = ("customer_id", "occurred_at", "quantity", "type_mask", "value_quantity")
+
+
 def visible(table: str, window_days: int | None = None) -> str:
     """SQL for the rows of TABLE known before each cutoff, with a `cutoff` column.
 
     window_days: keep only rows recorded in [cutoff - window_days, cutoff), joined through
     the small `cutoffs` table (a range join); None: all history, joined through `spine`.
     """
-    ts = TABLES[table].time_column
+    if table == "events_daily":
+        ts, names = "occurred_at", _DAILY_COLUMNS
+    else:
+        ts, names = TABLES[table].time_column, [c.name for c in TABLES[table].columns]
     cols = []
-    for col in TABLES[table].columns:
-        known_by = _LATER_KNOWN.get(table, {}).get(col.name)
+    for name in names:
+        known_by = _LATER_KNOWN.get(table, {}).get(name)
         if known_by:
-            cols.append(f"CASE WHEN t.{known_by} < k.cutoff THEN t.{col.name} END AS {col.name}")
+            cols.append(f"CASE WHEN t.{known_by} < k.cutoff THEN t.{name} END AS {name}")
         else:
-            cols.append(f"t.{col.name}")
+            cols.append(f"t.{name}")
     if window_days is None:
         join = f"JOIN spine k ON t.customer_id = k.customer_id AND t.{ts} < k.cutoff"
     else:
@@ -48,27 +56,43 @@ def _days(a: str, b: str) -> str:
     return f"(date_diff('second', {a}, {b}) / 86400.0)"
 
 
+def events_daily_sql(fs: FeatureSettings) -> str:
+    """Events per customer and day: total quantity, a bit per event type, value events.
+
+    Event types beyond 64 share bits (their index modulo 64), so breadth is then a floor.
+    """
+    return f"""
+        WITH typed AS (
+            SELECT e.*, CAST(t.idx % 64 AS UBIGINT) AS bit FROM events e
+            JOIN (SELECT event, row_number() OVER (ORDER BY event) - 1 AS idx
+                  FROM (SELECT DISTINCT event FROM events)) t USING (event))
+        SELECT customer_id, CAST(CAST(occurred_at AS DATE) AS TIMESTAMP) AS occurred_at,
+               sum(quantity) AS quantity,
+               bit_or(CAST(1 AS UBIGINT) << bit) AS type_mask,
+               sum(quantity) FILTER (WHERE event = '{_quote(fs.value_event)}') AS value_quantity
+        FROM typed GROUP BY 1, 2
+    """
+
+
 def _event_sql(fs: FeatureSettings) -> str:
     span = max(fs.max_window, 60)
     parts = []
     for w in fs.windows:
         inw = f"occurred_at >= cutoff - INTERVAL {w} DAY"
         parts.append(f"sum(quantity) FILTER (WHERE {inw}) AS events_{w}d")
-        parts.append(f"count(DISTINCT CAST(occurred_at AS DATE)) FILTER (WHERE {inw}) "
-                     f"AS active_days_{w}d")
+        parts.append(f"count(*) FILTER (WHERE {inw}) AS active_days_{w}d")
     prev = "occurred_at < cutoff - INTERVAL 30 DAY AND occurred_at >= cutoff - INTERVAL 60 DAY"
     parts += [
         f"sum(quantity) FILTER (WHERE {prev}) AS events_prev_30d",
-        f"count(DISTINCT CAST(occurred_at AS DATE)) FILTER (WHERE {prev}) AS active_days_prev_30d",
-        "count(DISTINCT event) FILTER (WHERE occurred_at >= cutoff - INTERVAL 30 DAY) "
+        f"count(*) FILTER (WHERE {prev}) AS active_days_prev_30d",
+        "bit_count(bit_or(type_mask) FILTER (WHERE occurred_at >= cutoff - INTERVAL 30 DAY)) "
         "AS event_types_30d",
-        f"count(DISTINCT event) FILTER (WHERE occurred_at >= cutoff - INTERVAL {span} DAY) "
-        "AS event_types_all_windows",
-        f"sum(quantity) FILTER (WHERE event = '{_quote(fs.value_event)}' "
-        "AND occurred_at >= cutoff - INTERVAL 30 DAY) AS value_events_30d",
+        "bit_count(bit_or(type_mask)) AS event_types_all_windows",
+        "sum(value_quantity) FILTER (WHERE occurred_at >= cutoff - INTERVAL 30 DAY) "
+        "AS value_events_30d",
     ]
     return (f"SELECT customer_id, cutoff, {', '.join(parts)} "
-            f"FROM ({visible('events', span)}) GROUP BY 1, 2")
+            f"FROM ({visible('events_daily', span)}) GROUP BY 1, 2")
 
 
 def _quote(value: str) -> str:
@@ -78,10 +102,9 @@ def _quote(value: str) -> str:
 def _recency_sql() -> str:
     # The last active day before each cutoff: the day whose next active day is at or after it.
     return f"""
-        WITH d AS (SELECT DISTINCT customer_id, CAST(occurred_at AS DATE) AS day FROM events),
-        n AS (SELECT customer_id, CAST(day AS TIMESTAMP) AS day,
-                     CAST(lead(day) OVER (PARTITION BY customer_id ORDER BY day) AS TIMESTAMP)
-                     AS next_day FROM d)
+        WITH n AS (SELECT customer_id, occurred_at AS day,
+                     lead(occurred_at) OVER (PARTITION BY customer_id ORDER BY occurred_at)
+                     AS next_day FROM events_daily)
         SELECT n.customer_id, k.cutoff, {_days('n.day', 'k.cutoff')} AS days_since_last_event
         FROM n JOIN cutoffs k ON n.day < k.cutoff
          AND (n.next_day IS NULL OR n.next_day >= k.cutoff)
@@ -270,5 +293,5 @@ def feature_sql(fs: FeatureSettings, attributes: dict[str, str]) -> str:
                 WHEN billing_interval = 'year' AND days_to_renewal <= {fs.renewal_window_days}
                     THEN 'renewal'
                 ELSE 'adoption' END AS lifecycle_stage
-        FROM base ORDER BY customer_id, cutoff
+        FROM base
     """

@@ -38,8 +38,13 @@ def cutoff_dates(ds: DataSet, settings: CutoffSettings) -> list[pd.Timestamp]:
 
 
 def set_cutoffs(ds: DataSet, cutoffs: list[pd.Timestamp]) -> None:
-    """Store the cutoffs in the connection as table `cutoffs(cutoff)`."""
-    frame = pd.DataFrame({"cutoff": pd.to_datetime(cutoffs).astype("datetime64[us]")})
+    """Store the cutoffs in the connection as table `cutoffs(cutoff)`.
+
+    Cutoffs are midnights (UTC): a date, not a moment, which keeps daily rollups exact.
+    """
+    frame = pd.DataFrame(
+        {"cutoff": pd.to_datetime(cutoffs).normalize().astype("datetime64[us]")}
+    )
     ds.con.register("_cutoffs_frame", frame)
     ds.con.execute("CREATE OR REPLACE TABLE cutoffs AS SELECT DISTINCT cutoff FROM _cutoffs_frame")
     ds.con.unregister("_cutoffs_frame")

@@ -1,0 +1,114 @@
+"""The `churnlens` command: one sub-command per stage, each a thin layer over library calls.
+
+Settings are read once here (params.yaml) and passed down. Expected failures (bad settings,
+bad data, bad arguments) print one clear message and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from churnlens.settings import Settings, SettingsError, load_settings
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong; the message says how to fix it."""
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def cmd_sample_data(args: argparse.Namespace, settings: Settings) -> None:
+    from features.sample import generate_sample, write_sample
+
+    if args.customers < 1:
+        raise UsageError("--customers must be at least 1")
+    t0 = time.perf_counter()
+    tables = generate_sample(args.customers, seed=args.seed, horizon_days=settings.horizon_days)
+    out = Path(args.out or settings.data.source)
+    paths = write_sample(tables, out)
+    rows = ", ".join(f"{name} {len(tables[name]):,}" for name in paths)
+    _say(f"wrote sample data for {args.customers:,} customers to {out} "
+         f"({rows}) in {time.perf_counter() - t0:.1f} s")
+
+
+def _load(settings: Settings, source: str | None):
+    from features.loading import load_source
+
+    ds = load_source(source or settings.data.source, settings.data.observed_until)
+    for line in ds.report.lines():
+        _say(line)
+    return ds
+
+
+def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
+    from features.build import build_snapshot, build_training_set
+
+    ds = _load(settings, args.source)
+    work = Path(settings.paths.work_dir)
+    t0 = time.perf_counter()
+    if args.as_of:
+        ff = build_snapshot(ds, args.as_of, settings)
+        out = Path(args.out or work / "snapshots" / f"features-{ff.frame['cutoff'].max():%Y-%m-%d}.parquet")
+        what = f"feature snapshot of {len(ff.frame):,} active customers as of {args.as_of}"
+    else:
+        ff = build_training_set(ds, settings)
+        out = Path(args.out or work / "training_set.parquet")
+        labelled = int(ff.frame["churned"].notna().sum())
+        what = (f"training set of {len(ff.frame):,} (customer, cutoff) rows over "
+                f"{ff.frame['cutoff'].nunique()} cutoffs, {labelled:,} with a churn label")
+    if ff.frame.empty:
+        raise UsageError(f"no customer is active as of {args.as_of}; pick a date inside the data")
+    _write_parquet(ff.frame, out)
+    _say(f"wrote {what} to {out} in {time.perf_counter() - t0:.1f} s")
+
+
+def _write_parquet(frame, out: Path) -> None:
+    """Write under a temporary name, then rename: readers never see a half-written file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="churnlens",
+        description="Predict which customers will churn, when, what they are worth, and why.",
+    )
+    parser.add_argument("--params", default="params.yaml", help="settings file (params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample-data", help="write a synthetic customer base in the data contract")
+    p.add_argument("--customers", type=int, default=5000, help="number of customers")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", help="output folder (default: data.source in params.yaml)")
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("features", help="build the training set, or a snapshot with --as-of")
+    p.add_argument("--as-of", help="date (YYYY-MM-DD): features of customers active then")
+    p.add_argument("--source", help="data source (default: data.source in params.yaml)")
+    p.add_argument("--out", help="output parquet path")
+    p.set_defaults(func=cmd_features)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from features.loading import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.params)
+        args.func(args, settings)
+    except (SettingsError, DataError, UsageError, ValueError) as exc:
+        print(f"churnlens {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
