@@ -35,14 +35,15 @@ else:
     rows = len(build_training_set(load_source(folder), Settings()).frame)
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": seconds, "peak_bytes": peak, "rows": rows}))
+print("RESULT " + json.dumps({"seconds": seconds, "peak_bytes": peak, "rows": rows}))
 """
 
 
 def run_stage(stage: str, n: int, folder: str) -> dict:
     out = subprocess.run([sys.executable, "-c", STAGE, stage, str(n), folder],
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    line = next(x for x in out.stdout.splitlines() if "RESULT " in x)
+    return json.loads(line.split("RESULT ", 1)[1])
 
 
 def measure(n: int, runs: int) -> dict:

@@ -75,6 +75,56 @@ def _write_parquet(frame, out: Path) -> None:
     tmp.replace(out)
 
 
+def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
+    from training.pipeline import train
+
+    result = train(settings, source=args.source, promote=args.promote,
+                   params_path=Path(args.params), log=_say)
+    m = result.metrics
+    _say("test slice:")
+    for key, label in [("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"), ("brier", "Brier"),
+                       ("calibration_error", "calibration error"),
+                       ("top_decile_lift", "top-decile lift")]:
+        row = f"  {label:<18} model {m[f'test.risk.{key}']:.4f}"
+        row += f"  logistic {m[f'test.logistic.{key}']:.4f}"
+        if f"test.oracle.{key}" in m:
+            row += f"  oracle {m[f'test.oracle.{key}']:.4f}"
+        _say(row)
+    for key in ("concordance", "integrated_brier"):
+        _say(f"  survival {key:<10} model {m[f'test.survival.{key}']:.4f}  "
+             f"kaplan-meier {m[f'test.kaplan_meier.{key}']:.4f}")
+    if "test.ltv.spearman" in m:
+        _say(f"  LTV spearman {m['test.ltv.spearman']:.4f}  gini {m['test.ltv.normalized_gini']:.4f}")
+    for note in result.notes:
+        _say(f"note: {note}")
+    gate = result.gate
+    _say(f"registered {settings.mlflow.model_name} v{gate.version} (run {result.run_id}): "
+         f"{'promoted to champion' if gate.promoted else 'not promoted'}: {gate.reason}")
+    _say(f"report: {result.report_path}")
+    _say("MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open "
+         "http://127.0.0.1:5000)")
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from training.report import report_for_run
+    from training.tracking import configure
+
+    configure(settings.mlflow)
+    run_id = args.run_id
+    if run_id is None:
+        client = MlflowClient()
+        exp = client.get_experiment_by_name(settings.mlflow.experiment)
+        runs = client.search_runs([exp.experiment_id], order_by=["start_time DESC"],
+                                  max_results=1) if exp else []
+        if not runs:
+            raise UsageError("no training run found; run `churnlens train` first")
+        run_id = runs[0].info.run_id
+    out = Path(args.out or Path(settings.paths.work_dir) / "reports" / f"run-{run_id}.html")
+    _say(f"wrote report of run {run_id} to {report_for_run(run_id, out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="churnlens",
@@ -94,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="data source (default: data.source in params.yaml)")
     p.add_argument("--out", help="output parquet path")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train, evaluate, log to MLflow, register, gate")
+    p.add_argument("--source", help="data source (default: data.source in params.yaml)")
+    p.add_argument("--promote", choices=["auto", "force", "never"], default="auto",
+                   help="auto: champion alias moves only if the new model wins on the same "
+                        "test rows; force: always; never: register only")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="write the HTML report of a training run")
+    p.add_argument("--run-id", help="MLflow run id (default: the latest run)")
+    p.add_argument("--out", help="output HTML path")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

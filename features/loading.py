@@ -10,6 +10,7 @@ example customer ids; rows set aside (recorded after ``observed_until``) are cou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -71,6 +72,9 @@ def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
     # Bounded memory: DuckDB spills to disk past this instead of growing with the data.
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")
+    spill = Path(tempfile.gettempdir()) / "churnlens-duckdb"
+    con.execute(f"SET temp_directory = '{spill}'")
     return con
 
 
@@ -328,3 +332,18 @@ def load_source(source, observed_until: str | pd.Timestamp | None = None) -> Dat
     con.execute("UPDATE subscriptions SET ended_at = NULL WHERE ended_at >= ?", [until])
     con.execute("UPDATE tickets SET closed_at = NULL, csat = NULL WHERE closed_at >= ?", [until])
     return DataSet(con=con, observed_until=until, attributes=attributes, report=report)
+
+
+def fingerprint(ds: DataSet) -> dict[str, str]:
+    """A content fingerprint per table (row count and an order-free hash of every row).
+
+    Logged with each training run, so two runs can tell whether they saw the same data.
+    """
+    out = {}
+    for name in TABLES:
+        count, digest = ds.con.execute(
+            f"SELECT count(*), coalesce(bit_xor(hash(t)), 0) FROM {name} t"
+        ).fetchall()[0]
+        out[name] = f"{count}:{digest:016x}"
+    out["observed_until"] = str(ds.observed_until.date())
+    return out

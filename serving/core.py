@@ -1,0 +1,115 @@
+"""The scoring core: feature rows in, score records out.
+
+The endpoint, the batch scorer and the MLflow pyfunc all call `score_frame` /
+`score_records`, so every path gives the same numbers for the same feature row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from training.bundle import ChurnModel
+from training.drivers import explain, risk_tier
+
+SURVIVAL_DAYS = ("30", "90", "180", "365")
+
+
+class FeatureInputError(ValueError):
+    """Feature rows given for scoring are missing columns or hold values of the wrong type."""
+
+
+def check_features(model: ChurnModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """Check and coerce feature rows: every model feature present, numerics numeric.
+
+    Returns a copy with numeric features as float64 (None/NaN stays NaN: LightGBM and the
+    survival model treat it as unknown, which is what a null means). Raises
+    FeatureInputError naming the missing or malformed columns and the offending rows.
+    """
+    missing = [f.name for f in model.features if f.name not in frame.columns]
+    if missing:
+        raise FeatureInputError(f"missing feature column(s): {', '.join(missing)}")
+    out = frame.copy()
+    for f in model.features:
+        if f.kind != "numeric":
+            col = out[f.name]
+            if not (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object
+                    or pd.api.types.is_string_dtype(col)):
+                out[f.name] = col.astype("string").astype(object)
+            continue
+        values = pd.to_numeric(out[f.name], errors="coerce")
+        bad = values.isna() & out[f.name].notna()
+        if bad.any():
+            rows = list(out.index[bad][:3])
+            raise FeatureInputError(
+                f"feature {f.name} must be a number; rows {rows} hold "
+                f"{list(out.loc[bad, f.name][:3])}"
+            )
+        out[f.name] = values.astype("float64")
+    return out
+
+
+def score_frame(model: ChurnModel, frame: pd.DataFrame, num_threads: int | None = None
+                ) -> pd.DataFrame:
+    """Scores for feature rows as flat columns (one row per input row, same order).
+
+    Columns: churn_probability, risk_tier, survival_30/90/180/365,
+    expected_remaining_days, expected_ltv. Raises FeatureInputError on bad input.
+    """
+    checked = check_features(model, frame)
+    prob = model.risk.predict_proba(checked, num_threads=num_threads)
+    surv = model.survival.survival_at(checked)
+    out = pd.DataFrame(index=frame.index)
+    out["churn_probability"] = prob
+    out["risk_tier"] = risk_tier(prob, model.tiers)
+    for d in SURVIVAL_DAYS:
+        out[f"survival_{d}"] = surv[d].to_numpy()
+    out["expected_remaining_days"] = model.survival.expected_remaining_days(checked)
+    out["expected_ltv"] = model.expected_ltv(checked)
+    return out
+
+
+def _clean(value):
+    """JSON-friendly scalar: numpy types to Python, NaN to None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def score_records(model: ChurnModel, frame: pd.DataFrame, as_of: Iterable | None = None,
+                  with_drivers: bool = True, num_threads: int | None = None) -> list[dict]:
+    """Score records (DESIGN.md) for feature rows with customer_id and cutoff columns.
+
+    as_of defaults to each row's `cutoff`. Drivers come from TreeSHAP contributions of
+    the risk model, grouped and mapped to playbooks.
+    """
+    checked = check_features(model, frame)
+    scores = score_frame(model, checked, num_threads=num_threads)
+    if with_drivers:
+        contrib = model.risk.contributions(checked, num_threads=num_threads)
+        drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n)
+    else:
+        drivers = [[] for _ in range(len(checked))]
+    as_of = list(as_of) if as_of is not None else list(checked["cutoff"])
+    records = []
+    for i, (idx, row) in enumerate(scores.iterrows()):
+        records.append({
+            "customer_id": str(checked.at[idx, "customer_id"]),
+            "as_of": str(pd.Timestamp(as_of[i]).date()),
+            "model": dict(model.info_ref),
+            "churn_probability": float(row["churn_probability"]),
+            "horizon_days": model.horizon_days,
+            "risk_tier": row["risk_tier"],
+            "lifecycle_stage": _clean(checked.at[idx, "lifecycle_stage"]),
+            "survival": {d: float(row[f"survival_{d}"]) for d in SURVIVAL_DAYS},
+            "expected_remaining_days": float(row["expected_remaining_days"]),
+            "expected_ltv": float(row["expected_ltv"]),
+            "currency": model.currency,
+            "drivers": [{k: _clean(v) for k, v in d.items()} for d in drivers[i]],
+        })
+    return records

@@ -1,0 +1,91 @@
+"""Evaluate the models and the baselines on the same test slice.
+
+Metric keys are `test.<model>.<metric>`, e.g. `test.risk.roc_auc`, `test.logistic.roc_auc`,
+`test.oracle.roc_auc`, `test.survival.concordance`, `test.ltv.spearman`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training import metrics as m
+from training.bundle import ChurnModel
+
+SURVIVAL_GRID = np.array([30, 60, 90, 120, 150, 180, 240, 300, 365], dtype=float)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # for plots
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"test.{prefix}.{k}": float(v) for k, v in values.items()}
+
+
+def oracle_probabilities(source, test: pd.DataFrame) -> np.ndarray | None:
+    """The sample generator's true churn probability for each test row, when available."""
+    path = Path(source) / "truth.parquet" if not isinstance(source, dict) else None
+    if path is None or not path.exists():
+        return None
+    truth = pd.read_parquet(path, columns=["customer_id", "cutoff", "true_churn_prob"])
+    keys = test[["customer_id", "cutoff"]].astype({"customer_id": str})
+    truth["cutoff"] = pd.to_datetime(truth["cutoff"]).astype(keys["cutoff"].dtype)
+    joined = keys.merge(truth, on=["customer_id", "cutoff"], how="left")
+    return None if joined["true_churn_prob"].isna().any() else joined["true_churn_prob"].to_numpy()
+
+
+def evaluate_risk(model: ChurnModel, train: pd.DataFrame, test: pd.DataFrame,
+                  oracle: np.ndarray | None, ev: Evaluation) -> None:
+    y = test["churned"].astype(int).to_numpy()
+    p = model.risk.predict_proba(test)
+    ev.arrays.update(y=y, p=p)
+    ev.metrics.update(_prefixed("risk", m.classification_metrics(y, p)))
+    ev.metrics.update(_prefixed("risk_uncalibrated",
+                                m.classification_metrics(y, model.risk.predict_raw(test))))
+    logistic = m.logistic_baseline(train, model.features)
+    p_log = logistic.predict_proba(test)[:, 1]
+    ev.arrays["p_logistic"] = p_log
+    ev.metrics.update(_prefixed("logistic", m.classification_metrics(y, p_log)))
+    base_rate = np.full(len(y), float(train["churned"].astype(float).mean()))
+    ev.metrics.update(_prefixed("base_rate", m.classification_metrics(y, base_rate)))
+    if oracle is not None:
+        ev.arrays["p_oracle"] = oracle
+        ev.metrics.update(_prefixed("oracle", m.classification_metrics(y, oracle)))
+
+
+def evaluate_survival(model: ChurnModel, survival_train: pd.DataFrame, test: pd.DataFrame,
+                      ev: Evaluation) -> None:
+    d = test["duration_days"].to_numpy(float)
+    e = test["event"].astype(int).to_numpy()
+    surv = model.survival.survival_function(test, SURVIVAL_GRID)
+    risk = -model.survival.expected_remaining_days(test)
+    ev.arrays.update(duration=d, event=e, surv=surv)
+    ev.metrics.update(_prefixed("survival", m.survival_metrics(d, e, surv, SURVIVAL_GRID, risk)))
+    km = m.kaplan_meier_baseline(survival_train["duration_days"], survival_train["event"])
+    km_surv = np.tile(km(SURVIVAL_GRID), (len(d), 1))
+    ev.metrics.update(_prefixed(
+        "kaplan_meier", m.survival_metrics(d, e, km_surv, SURVIVAL_GRID, np.zeros(len(d)))))
+
+
+def evaluate_ltv(model: ChurnModel, frame: pd.DataFrame, ev: Evaluation) -> None:
+    """LTV on the latest cutoff whose whole LTV window is observed (the test slice's is not)."""
+    observed = frame[frame["revenue_ltv"].notna()]
+    if observed.empty:
+        ev.notes.append("LTV not evaluated: no cutoff has a fully observed LTV window")
+        return
+    latest = observed["cutoff"].max()
+    rows = observed[observed["cutoff"] == latest]
+    pred = model.expected_ltv(rows)
+    ev.arrays.update(ltv_actual=rows["revenue_ltv"].to_numpy(), ltv_pred=pred)
+    ev.metrics.update(_prefixed("ltv", m.ltv_metrics(rows["revenue_ltv"].to_numpy(), pred)))
+    ev.notes.append(
+        f"LTV checked against realised revenue at cutoff {latest.date()} ({len(rows):,} "
+        "customers), the latest with a fully observed LTV window; that cutoff lies inside the "
+        "training period, so this check is optimistic")
