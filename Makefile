@@ -19,7 +19,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 demo: setup
 	$(BIN)/churnlens sample-data --customers $(CUSTOMERS) --seed 0
 	$(BIN)/churnlens features
+	$(BIN)/churnlens train
+	$(BIN)/churnlens report
 	$(BIN)/churnlens features --as-of 2026-10-31
+	@echo "done: reports in work/reports/, MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: setup
 	$(BIN)/ruff check .

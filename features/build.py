@@ -91,3 +91,22 @@ def build_snapshot(ds: DataSet, as_of: str | pd.Timestamp, settings: Settings) -
     build_spine(ds, settings.churn)
     return FeatureFrame(compute_features(ds, settings),
                         feature_list(settings.features, ds.attributes))
+
+
+def customer_lifetimes(ds: DataSet, settings: Settings) -> pd.DataFrame:
+    """Each customer's signup, first churn (if observed) and lifetime in days, for cohorts.
+
+    Returns customer_id, signed_up_at, churned_at (NaT when still a customer), lifetime_days
+    (to churn, or to the end of the data) and churned (bool).
+    """
+    from features.spine import build_churn_events
+
+    build_churn_events(ds, settings.churn)
+    return ds.con.execute("""
+        SELECT c.customer_id, c.signed_up_at, min(e.churned_at) AS churned_at,
+               date_diff('second', c.signed_up_at,
+                         coalesce(min(e.churned_at), $until)) / 86400.0 AS lifetime_days,
+               min(e.churned_at) IS NOT NULL AS churned
+        FROM customers c LEFT JOIN churn_events e USING (customer_id)
+        GROUP BY 1, 2 ORDER BY 1
+    """, {"until": ds.observed_until}).df()

@@ -54,6 +54,9 @@ def survival_by_tier(duration: np.ndarray, event: np.ndarray, tiers: np.ndarray,
                      predicted: np.ndarray, grid: np.ndarray) -> plt.Figure:
     """Kaplan-Meier per risk tier (steps) against the mean predicted curve (dashed)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    if grid[0] > 0:  # every curve starts at 1 on day 0
+        grid = np.concatenate([[0.0], grid])
+        predicted = np.hstack([np.ones((len(predicted), 1)), predicted])
     for tier in TIER_ORDER:
         mask = tiers == tier
         if mask.sum() < 5:
@@ -98,4 +101,23 @@ def ltv_deciles(actual: np.ndarray, predicted: np.ndarray) -> plt.Figure:
     ax.set(xlabel="decile of predicted LTV", ylabel="mean revenue in the LTV window",
            title="Expected LTV vs realised revenue", yscale="log")
     ax.legend()
+    return fig
+
+
+def cohort_retention(lifetimes: pd.DataFrame, freq: str = "QS") -> plt.Figure:
+    """Kaplan-Meier retention curves by signup cohort (quarters by default).
+
+    lifetimes: customer_id, signed_up_at, lifetime_days, churned (features.build).
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cohorts = lifetimes["signed_up_at"].dt.to_period(freq[0]).astype(str)
+    for name, rows in lifetimes.groupby(cohorts):
+        if len(rows) < 30:
+            continue
+        km = KaplanMeierFitter().fit(rows["lifetime_days"] / 30.4375, rows["churned"])
+        sf = km.survival_function_
+        ax.step(sf.index, sf.iloc[:, 0], where="post", lw=1, label=f"{name} (n={len(rows)})")
+    ax.set(xlabel="months since signup", ylabel="share still a customer",
+           title="Retention by signup cohort")
+    ax.legend(fontsize=7, ncol=2)
     return fig

@@ -71,7 +71,7 @@ def log_model(model: ChurnModel, example: pd.DataFrame) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bundle.pkl"
         path.write_bytes(pickle.dumps(model))
-        inputs = example[model.feature_names]
+        inputs = plain_inputs(model, example.head(200))
         info = mlflow.pyfunc.log_model(
             name="churnlens",
             python_model=ChurnPyfunc(),
@@ -82,6 +82,20 @@ def log_model(model: ChurnModel, example: pd.DataFrame) -> str:
             pip_requirements=_requirements(),
         )
     return info.model_uri
+
+
+def plain_inputs(model: ChurnModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """Feature columns as plain types (str and float), as the pyfunc signature expects.
+
+    MLflow infers pandas categories as strings and then refuses them at the schema check;
+    the model casts strings back to its training categories itself.
+    """
+    out = frame[model.feature_names].copy()
+    for f in model.features:
+        if f.kind == "category":
+            col = out[f.name].astype(object)
+            out[f.name] = col.where(col.notna(), None)
+    return out
 
 
 def load_bundle(model_uri: str) -> ChurnModel:

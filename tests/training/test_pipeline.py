@@ -1,0 +1,92 @@
+"""End to end: `train` on 20k sample customers meets the quality bar, logs and gates in MLflow."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from churnlens.settings import Settings
+from features.sample import generate_sample, write_sample
+from serving.core import score_frame
+from training.pipeline import train
+from training.tracking import load_bundle
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    source = root / "sample"
+    write_sample(generate_sample(20_000, seed=11), source)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    settings = Settings(data={"source": source}, paths={"work_dir": root / "work"})
+    result = train(settings, log=lambda *_: None)
+    yield settings, result, source
+    mp.undo()
+
+
+def test_quality_against_oracle_and_baselines(trained):
+    _, result, _ = trained
+    m = result.metrics
+    assert m["test.risk.roc_auc"] >= m["test.oracle.roc_auc"] - 0.02
+    assert m["test.risk.roc_auc"] > m["test.logistic.roc_auc"]
+    assert m["test.risk.calibration_error"] < 0.02
+    assert m["test.survival.concordance"] >= 0.75
+    assert m["test.ltv.spearman"] >= 0.6
+
+
+def test_run_is_logged_and_registered_as_champion(trained):
+    settings, result, _ = trained
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.metrics["test.risk.roc_auc"] == pytest.approx(result.metrics["test.risk.roc_auc"])
+    assert run.data.tags["data.customers"].startswith("20000:")
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"data_fingerprint.json", "report.html", "notes.txt", "plots", "churnlens"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/calibration.png", "plots/gain.png", "plots/drivers.png"} <= plots
+    champion = client.get_model_version_by_alias(settings.mlflow.model_name, "champion")
+    assert champion.version == result.gate.version and result.gate.promoted
+    assert result.report_path.exists() and "<img" in result.report_path.read_text()
+
+
+def test_pyfunc_from_mlflow_scores_like_the_model_in_memory(trained):
+    _, result, source = trained
+    bundle = load_bundle(result.model_uri)
+    rows = _test_rows(source)
+    pyfunc = mlflow.pyfunc.load_model(result.model_uri)
+    inputs = rows[bundle.feature_names]
+    from_mlflow = pyfunc.predict(inputs)
+    in_memory = score_frame(bundle, inputs)
+    pd.testing.assert_frame_equal(from_mlflow.reset_index(drop=True),
+                                  in_memory.reset_index(drop=True))
+
+
+def _test_rows(source) -> pd.DataFrame:
+    from features.build import build_snapshot
+    from features.loading import load_source
+
+    return build_snapshot(load_source(source), "2026-10-01", Settings()).frame.head(200)
+
+
+def test_gate_keeps_a_worse_challenger_out(trained):
+    settings, first, source = trained
+    worse = Settings(
+        data={"source": source}, paths=settings.paths.model_dump(),
+        training={"lightgbm": {"n_estimators": 2, "num_leaves": 2, "max_depth": 1}},
+    )
+    result = train(worse, log=lambda *_: None)
+    assert not result.gate.promoted
+    assert result.gate.challenger_auc < result.gate.champion_auc
+    assert "keeps the alias" in result.gate.reason
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(settings.mlflow.model_name, "champion")
+    assert champion.version == first.gate.version
+    assert np.isfinite(result.gate.champion_auc)
