@@ -9,8 +9,8 @@ example customer ids; rows set aside (recorded after ``observed_until``) are cou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
