@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+# This script's folder holds features.py, training.py...: keep it from shadowing the packages.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 STAGE = r"""
 import json, resource, sys, time

@@ -183,6 +183,20 @@ def _group_layout(features: list[Feature]) -> list[str]:
     return [g for g in DRIVER_GROUPS if any(f.group == g for f in features)]
 
 
+def _check_inputs(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Feature],
+                  top_n: int) -> None:
+    if top_n < 1:
+        raise ValueError(f"top_n must be at least 1, got {top_n}")
+    if len(frame) != len(contributions):
+        raise ValueError(f"frame has {len(frame)} rows but contributions has "
+                         f"{len(contributions)}; pass contributions of the same rows")
+    names = [f.name for f in features]
+    for what, table in (("contributions lack", contributions), ("frame lacks", frame)):
+        missing = [n for n in names if n not in table.columns]
+        if missing:
+            raise ValueError(f"{what} {len(missing)} feature column(s): {missing}")
+
+
 def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Feature],
             playbooks: PlaybookSettings, top_n: int) -> list[list[dict]]:
     """Up to TOP_N risk-raising drivers per row of FRAME.
@@ -194,18 +208,8 @@ def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Fea
     never drivers. Raises ValueError on misaligned inputs, missing columns, an unknown
     group or top_n < 1.
     """
-    if top_n < 1:
-        raise ValueError(f"top_n must be at least 1, got {top_n}")
-    if len(frame) != len(contributions):
-        raise ValueError(f"frame has {len(frame)} rows but contributions has "
-                         f"{len(contributions)}; pass contributions of the same rows")
+    _check_inputs(frame, contributions, features, top_n)
     names = [f.name for f in features]
-    missing = [n for n in names if n not in contributions.columns]
-    if missing:
-        raise ValueError(f"contributions lack {len(missing)} feature column(s): {missing}")
-    absent = [n for n in names if n not in frame.columns]
-    if absent:
-        raise ValueError(f"frame lacks {len(absent)} feature column(s): {absent}")
     groups = _group_layout(features)
     values = contributions[names].to_numpy(dtype=float)
     members = [np.array([j for j, f in enumerate(features) if f.group == g]) for g in groups]

@@ -56,7 +56,7 @@ def _quantile_bins(p: np.ndarray, bins: int) -> np.ndarray:
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
     edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)[1:-1]))
-    return np.searchsorted(edges, p, side="left")
+    return np.unique(np.searchsorted(edges, p, side="left"), return_inverse=True)[1]
 
 
 def classification_metrics(y, p) -> dict[str, float]:

@@ -194,7 +194,8 @@ class RiskModel:
         num_threads: LightGBM threads; None = one thread under SMALL_BATCH_ROWS rows, else
         LightGBM's default. Raises ValueError as `prepare`.
         """
-        return _apply_calibrator(self.calibrator_, self.predict_logit(frame, num_threads))
+        logit = self.predict_logit(frame, num_threads)  # first: it checks the model is fitted
+        return _apply_calibrator(self.calibrator_, logit)
 
     def contributions(self, frame: pd.DataFrame, num_threads: int | None = None
                       ) -> pd.DataFrame:

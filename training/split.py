@@ -26,8 +26,11 @@ CUSTOMER_SHARES = (0.60, 0.15, 0.10, 0.15)
 class Split:
     """Disjoint slices of the labelled rows, and how they were made.
 
-    survival_train: rows (labelled or not) a survival model may learn from, with durations
-    censored so that nothing after the validation period's start is visible.
+    survival_train: rows (labelled or not) a survival model may learn from. In a time split:
+    every row up to the last train cutoff, with duration_days, event and churned_at censored
+    at the first validation cutoff (a churn at or after it becomes event 0). Only those
+    columns are censored: its revenue_ltv still looks a year ahead, so fit no LTV on it.
+    In a customer split: every row of the train customers.
     boundaries: the cutoffs in each slice, sorted.
     """
 

@@ -64,8 +64,6 @@ def _requirements() -> list[str]:
 
 def log_model(model: ChurnModel, example: pd.DataFrame) -> str:
     """Log the bundle as the pyfunc `churnlens` in the active run; return its model URI."""
-    from mlflow.models import infer_signature
-
     from serving.core import score_frame
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,11 +75,22 @@ def log_model(model: ChurnModel, example: pd.DataFrame) -> str:
             python_model=ChurnPyfunc(),
             artifacts={"bundle": str(path)},
             code_paths=[str(ROOT / p) for p in PACKAGES],
-            signature=infer_signature(inputs, score_frame(model, inputs)),
+            signature=_signature(model, inputs, score_frame(model, inputs)),
             input_example=inputs.head(3),
             pip_requirements=_requirements(),
         )
     return info.model_uri
+
+
+def _signature(model: ChurnModel, inputs: pd.DataFrame, outputs: pd.DataFrame):
+    """Inputs: every feature optional (a null means unknown, e.g. no NPS answer yet)."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    cols = [ColSpec(DataType.double if f.kind == "numeric" else DataType.string, f.name,
+                    required=False) for f in model.features]
+    return ModelSignature(inputs=Schema(cols),
+                          outputs=infer_signature(inputs, outputs).outputs)
 
 
 def plain_inputs(model: ChurnModel, frame: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from churnlens.settings import Settings
 from features.sample import generate_sample, write_sample
 from serving.core import score_frame
 from training.pipeline import train
-from training.tracking import load_bundle
+from training.tracking import load_bundle, plain_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +49,11 @@ def test_run_is_logged_and_registered_as_champion(trained):
     assert run.data.metrics["test.risk.roc_auc"] == pytest.approx(result.metrics["test.risk.roc_auc"])
     assert run.data.tags["data.customers"].startswith("20000:")
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"data_fingerprint.json", "report.html", "notes.txt", "plots", "churnlens"} <= artifacts
+    assert {"data_fingerprint.json", "report.html", "notes.txt", "plots", "settings.yaml"} <= artifacts
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {"plots/calibration.png", "plots/gain.png", "plots/drivers.png"} <= plots
     champion = client.get_model_version_by_alias(settings.mlflow.model_name, "champion")
-    assert champion.version == result.gate.version and result.gate.promoted
+    assert str(champion.version) == result.gate.version and result.gate.promoted
     assert result.report_path.exists() and "<img" in result.report_path.read_text()
 
 
@@ -62,7 +62,7 @@ def test_pyfunc_from_mlflow_scores_like_the_model_in_memory(trained):
     bundle = load_bundle(result.model_uri)
     rows = _test_rows(source)
     pyfunc = mlflow.pyfunc.load_model(result.model_uri)
-    inputs = rows[bundle.feature_names]
+    inputs = plain_inputs(bundle, rows)
     from_mlflow = pyfunc.predict(inputs)
     in_memory = score_frame(bundle, inputs)
     pd.testing.assert_frame_equal(from_mlflow.reset_index(drop=True),
@@ -88,5 +88,5 @@ def test_gate_keeps_a_worse_challenger_out(trained):
     assert "keeps the alias" in result.gate.reason
     client = MlflowClient()
     champion = client.get_model_version_by_alias(settings.mlflow.model_name, "champion")
-    assert champion.version == first.gate.version
+    assert str(champion.version) == first.gate.version
     assert np.isfinite(result.gate.champion_auc)
