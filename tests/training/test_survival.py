@@ -20,8 +20,8 @@ from features.build import build_training_set
 from features.loading import load_source
 from features.queries import Feature
 from features.sample import generate_sample, write_sample
-from training.metrics import kaplan_meier_baseline, survival_metrics
 from training import survival
+from training.metrics import kaplan_meier_baseline, survival_metrics
 from training.survival import SurvivalModel
 
 X = [Feature("x", "numeric", "account", "x")]
