@@ -9,6 +9,7 @@ example customer ids; rows set aside (recorded after ``observed_until``) are cou
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,9 @@ def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
     # Bounded memory: DuckDB spills to disk past this instead of growing with the data.
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET preserve_insertion_order = false")
-    con.execute("SET enable_progress_bar = false")
+    # Inside Jupyter without ipywidgets DuckDB refuses this setting; no bar shows there anyway.
+    with contextlib.suppress(duckdb.InvalidInputException):
+        con.execute("SET enable_progress_bar = false")
     spill = Path(tempfile.gettempdir()) / "churnlens-duckdb"
     con.execute(f"SET temp_directory = '{spill}'")
     return con
