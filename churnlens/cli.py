@@ -156,7 +156,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="MLflow run id (default: the latest run)")
     p.add_argument("--out", help="output HTML path")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("score", help="score every customer active on a date into parquet")
+    p.add_argument("--as-of", required=True, help="date (YYYY-MM-DD) of the feature snapshot")
+    p.add_argument("--out", required=True, help="output parquet path")
+    p.add_argument("--model-uri", help="MLflow model URI (default: models:/NAME@champion)")
+    p.add_argument("--source", help="data source (default: data.source in params.yaml)")
+    p.add_argument("--chunk-size", type=int, help="customers per part (default: batch.chunk_size)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted job")
+    p.add_argument("--engine", choices=["local", "spark"], default="local")
+    p.add_argument("--master", help="Spark master URL (default: local mode)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("serve", help="serve scores over HTTP for customer-success tools")
+    p.add_argument("--host", help="interface to bind (default: serving.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: serving.port)")
+    p.add_argument("--model-uri", help="MLflow model URI (default: models:/NAME@champion)")
+    p.add_argument("--snapshot", help="feature snapshot parquet (default: the newest "
+                                      "work/snapshots/features-*.parquet)")
+    p.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
+    from serving.batch import BatchJob, drift_warning, run_batch, summary_lines
+    from training.tracking import configure
+
+    if args.master and args.engine != "spark":
+        raise UsageError("--master needs --engine spark")
+    configure(settings.mlflow)
+    job = BatchJob(
+        as_of=args.as_of, out=Path(args.out), source=args.source, resume=args.resume,
+        model_uri=args.model_uri or f"models:/{settings.mlflow.model_name}@champion",
+        chunk_size=args.chunk_size or settings.batch.chunk_size,
+        psi_threshold=settings.batch.psi_threshold, engine=args.engine, master=args.master)
+    r = run_batch(job, settings, log=_say)
+    _say(f"wrote {r.customers:,} score records to {r.out} in {r.seconds:.1f} s "
+         f"({r.chunks} chunks, {r.chunks_resumed} resumed); drift: {r.drift_path}")
+    for line in summary_lines(r.stats, r.currency):
+        _say(line)
+    warning = drift_warning(r.drift)
+    if warning:
+        print(f"churnlens score: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    import os
+
+    if args.snapshot:
+        snapshot = Path(args.snapshot)
+    else:
+        found = sorted((Path(settings.paths.work_dir) / "snapshots").glob("features-*.parquet"))
+        if not found:
+            raise UsageError(f"no feature snapshot in {Path(settings.paths.work_dir) / 'snapshots'}"
+                             "; write one with `churnlens features --as-of DATE` or pass "
+                             "--snapshot PATH")
+        snapshot = found[-1]  # ISO dates in the names: the last sorted is the newest
+    if not snapshot.is_file():
+        raise UsageError(f"--snapshot {snapshot} not found; write one with "
+                         "`churnlens features --as-of DATE`")
+    host = args.host or settings.serving.host
+    port = args.port or settings.serving.port
+    model_uri = args.model_uri or f"models:/{settings.mlflow.model_name}@champion"
+    env = {
+        **os.environ,
+        "CHURNLENS_MODEL_URI": model_uri,
+        "CHURNLENS_SNAPSHOT": str(snapshot.resolve()),
+        "CHURNLENS_MAX_PAGE_SIZE": str(settings.serving.max_page_size),
+        # The store `train` wrote to (training.tracking.configure's rule), fixed before
+        # BentoML's workers start in other directories.
+        "MLFLOW_TRACKING_URI": (os.environ.get("MLFLOW_TRACKING_URI")
+                                or settings.mlflow.tracking_uri
+                                or f"sqlite:///{Path.cwd() / 'mlflow.db'}"),
+    }
+    _say(f"serving {model_uri} with {snapshot} on http://{host}:{port} "
+         f"(OpenAPI: http://{host}:{port}/docs.json)")
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:ChurnService",
+           "--host", host, "--port", str(port)]
+    # exec: BentoML becomes this process, so Ctrl+C and SIGTERM reach it directly.
+    os.execve(sys.executable, cmd, env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,20 +96,44 @@ def score_records(model: ChurnModel, frame: pd.DataFrame, as_of: Iterable | None
     else:
         drivers = [[] for _ in range(len(checked))]
     as_of = list(as_of) if as_of is not None else list(checked["cutoff"])
-    records = []
-    for i, (idx, row) in enumerate(scores.iterrows()):
-        records.append({
-            "customer_id": str(checked.at[idx, "customer_id"]),
-            "as_of": str(pd.Timestamp(as_of[i]).date()),
-            "model": dict(model.info_ref),
-            "churn_probability": float(row["churn_probability"]),
-            "horizon_days": model.horizon_days,
-            "risk_tier": row["risk_tier"],
-            "lifecycle_stage": _clean(checked.at[idx, "lifecycle_stage"]),
-            "survival": {d: float(row[f"survival_{d}"]) for d in SURVIVAL_DAYS},
-            "expected_remaining_days": float(row["expected_remaining_days"]),
-            "expected_ltv": float(row["expected_ltv"]),
-            "currency": model.currency,
-            "drivers": [{k: _clean(v) for k, v in d.items()} for d in drivers[i]],
-        })
-    return records
+    # Columns are converted to Python values once, not per row: a per-row iterrows/at
+    # loop cost more than the models themselves on large batches.
+    ids = [str(v) for v in checked["customer_id"].tolist()]
+    stages = [_clean(v) for v in checked["lifecycle_stage"].tolist()]
+    prob, tier = scores["churn_probability"].tolist(), scores["risk_tier"].tolist()
+    surv = [scores[f"survival_{d}"].tolist() for d in SURVIVAL_DAYS]
+    remaining = scores["expected_remaining_days"].tolist()
+    ltv = scores["expected_ltv"].tolist()
+    ref, days = model.info_ref, _DateStrings()
+    return [{
+        "customer_id": ids[i],
+        "as_of": days(as_of[i]),
+        "model": dict(ref),
+        "churn_probability": prob[i],
+        "horizon_days": model.horizon_days,
+        "risk_tier": tier[i],
+        "lifecycle_stage": stages[i],
+        "survival": {d: s[i] for d, s in zip(SURVIVAL_DAYS, surv, strict=True)},
+        "expected_remaining_days": remaining[i],
+        "expected_ltv": ltv[i],
+        "currency": model.currency,
+        "drivers": [{k: _clean(v) for k, v in d.items()} for d in drivers[i]],
+    } for i in range(len(scores))]
+
+
+class _DateStrings:
+    """YYYY-MM-DD of a date-like value, converted once per distinct value (batches share one)."""
+
+    def __init__(self):
+        self._seen: dict = {}
+
+    def __call__(self, value) -> str:
+        # Equal instants in different zones fall on different dates: the zone is in the key.
+        key = (type(value), value, getattr(value, "tzinfo", None))
+        try:
+            return self._seen[key]
+        except KeyError:
+            out = self._seen[key] = str(pd.Timestamp(value).date())
+            return out
+        except TypeError:  # an unhashable value: convert it without caching
+            return str(pd.Timestamp(value).date())

@@ -1,0 +1,244 @@
+"""Batch scoring benchmark: customers per second and peak memory of `churnlens score`.
+
+Measures, each in a fresh process (peak memory = the largest RSS of the process tree,
+sampled every 50 ms, so Spark's JVM and Python workers count too):
+
+* the whole job on the local engine for bases of 100k and 1M customers (the 1M base is
+  ten independent 100k samples with distinct customer-id prefixes, written table by table
+  so that generating it never holds more than 100k customers);
+* the whole job on the Spark engine (local mode) for 100k customers;
+* scoring alone from a ready feature snapshot of 100k rows held in memory: score_frame
+  (no drivers), score_records (with drivers), and score_records plus the conversion to the
+  parquet layout, which is the local engine's scoring step.
+
+A model is trained once on a 20k-customer sample. Everything lands in --work (default: a
+folder in the system temp dir); figures go to benchmarks/results/batch.json and batch.md.
+
+    python benchmarks/batch.py [--repeats 3] [--sizes 100000 1000000] [--no-spark]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+AS_OF = "2026-10-01"
+BLOCK = 100_000  # customers per generated block of the large bases
+TRAIN_CUSTOMERS = 20_000
+SNAPSHOT_ROWS = 100_000
+
+
+def churnlens(*args: str) -> list[str]:
+    return [str(ROOT / ".venv" / "bin" / "churnlens"), "--params", str(ROOT / "params.yaml"),
+            *args]
+
+
+def model_env(work: Path) -> dict[str, str]:
+    """Environment pointing MLflow at the benchmark's store; trains the model if absent."""
+    store = work / "model"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    if not (store / "trained").exists():
+        store.mkdir(parents=True, exist_ok=True)
+        data = work / "data" / "train"
+        subprocess.run(churnlens("sample-data", "--customers", str(TRAIN_CUSTOMERS),
+                                 "--seed", "0", "--out", str(data)), check=True, env=env)
+        subprocess.run(churnlens("train", "--source", str(data), "--promote", "force"),
+                       check=True, env=env, cwd=store, stdout=subprocess.DEVNULL)
+        (store / "trained").touch()
+    return env
+
+
+def make_source(customers: int, out: Path) -> Path:
+    """A sample base of CUSTOMERS, generated in blocks of BLOCK with distinct id prefixes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.sample import generate_sample
+
+    if (out / "done").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    writers: dict[str, pq.ParquetWriter] = {}
+    blocks = max(1, customers // BLOCK)
+    for b in range(blocks):
+        tables = generate_sample(min(customers, BLOCK), seed=100 + b)
+        tables.pop("truth")
+        for name, frame in tables.items():
+            if blocks > 1:
+                frame["customer_id"] = f"B{b}-" + frame["customer_id"]
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if name not in writers:
+                writers[name] = pq.ParquetWriter(out / f"{name}.parquet", table.schema)
+            writers[name].write_table(table)
+        del tables
+    for w in writers.values():
+        w.close()
+    (out / "done").touch()
+    return out
+
+
+def measure(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> dict:
+    """Run CMD; wall seconds, peak RSS of its process tree (MiB) and its stdout."""
+    import psutil
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.DEVNULL)
+        root, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.NoSuchProcess:
+                pass  # a child ended between listing and reading it
+            time.sleep(0.05)
+        out.seek(0)
+        stdout = out.read().decode()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-2000:]}")
+    return {"wall_s": time.perf_counter() - t0, "peak_mib": peak / 2**20, "stdout": stdout}
+
+
+def job_run(source: Path, out: Path, env: dict, engine: str) -> dict:
+    """One whole `churnlens score` job; rate = scored customers / the job's own seconds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    m = measure(churnlens("score", "--source", str(source), "--as-of", AS_OF, "--out",
+                          str(out), "--engine", engine), env)
+    found = re.search(r"wrote ([\d,]+) score records .* in ([\d.]+) s", m["stdout"])
+    scored, seconds = int(found.group(1).replace(",", "")), float(found.group(2))
+    return {"scored": scored, "job_s": seconds, "wall_s": m["wall_s"],
+            "customers_per_s": scored / seconds, "peak_mib": m["peak_mib"]}
+
+
+def score_snapshot(snapshot: Path) -> dict:
+    """In this process: scoring throughput on SNAPSHOT_ROWS feature rows held in memory."""
+    import pandas as pd
+
+    from serving.batch import load_model, records_table
+    from serving.core import check_features, score_frame, score_records
+
+    model = load_model("models:/churnlens@champion")
+    snap = pd.read_parquet(snapshot)
+    extra = snap.sample(SNAPSHOT_ROWS - len(snap), replace=True, random_state=0)
+    extra["customer_id"] = [f"X{i:07d}" for i in range(len(extra))]
+    frame = pd.concat([snap, extra], ignore_index=True)
+    score_records(model, frame.head(1000))  # warm-up: first calls load code and caches
+    checked = check_features(model, frame)
+    timings = {}
+    for name, fn in [
+        ("score_frame", lambda: score_frame(model, frame)),
+        ("risk_contributions", lambda: model.risk.contributions(checked)),
+        ("survival_curve_x3", lambda: (model.survival.survival_at(checked),
+                                       model.survival.expected_remaining_days(checked),
+                                       model.expected_ltv(checked))),
+        ("score_records", lambda: score_records(model, frame)),
+        ("score_records+table", lambda: records_table(score_records(model, frame))),
+    ]:
+        t0 = time.perf_counter()
+        fn()
+        timings[name] = len(frame) / (time.perf_counter() - t0)
+    trees = model.risk.booster_.num_trees()
+    return {"rows": len(frame), "rows_per_s": timings, "risk_trees": trees}
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def to_markdown(results: dict) -> str:
+    lines = [
+        "# Batch scoring benchmark", "",
+        f"{results['machine']}; model trained on {TRAIN_CUSTOMERS:,} sample customers "
+        f"({results['snapshot']['risk_trees']} risk trees). Medians of {results['repeats']} "
+        "fresh processes each; peak = largest RSS of the process tree.", "",
+        "| job | base customers | scored | job s | customers/s | peak MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["jobs"]:
+        lines.append(f"| {row['engine']} | {row['base']:,} | {row['scored']:,} | "
+                     f"{row['job_s']:.1f} | {row['customers_per_s']:,.0f} | "
+                     f"{row['peak_mib']:,.0f} |")
+    lines += ["", f"Scoring from a ready snapshot of {results['snapshot']['rows']:,} rows in "
+              "memory (rows/s, median):", "", "| step | rows/s |", "|---|---|"]
+    for name, rate in results["snapshot"]["rows_per_s"].items():
+        lines.append(f"| {name} | {rate:,.0f} |")
+    lines += ["", "Targets: >= 5,000 customers/s with drivers from a ready snapshot "
+              "(score_records+table); 1M job under 6 GiB peak and within 25% of the 100k peak.",
+              "", "\n".join(f"- {c}" for c in results["checks"])]
+    return "\n".join(lines) + "\n"
+
+
+def checks(results: dict) -> list[str]:
+    jobs = {(j["engine"], j["base"]): j for j in results["jobs"]}
+    rate = results["snapshot"]["rows_per_s"]["score_records+table"]
+    out = [f"snapshot scoring with drivers: {rate:,.0f} rows/s "
+           f"({'meets' if rate >= 5000 else 'misses'} 5,000)"]
+    small, big = jobs.get(("local", 100_000)), jobs.get(("local", 1_000_000))
+    if small and big:
+        ratio = big["peak_mib"] / small["peak_mib"]
+        ok = big["peak_mib"] < 6 * 1024 and ratio <= 1.25
+        out.append(f"1M peak {big['peak_mib']:,.0f} MiB = {ratio:.2f} x the 100k peak "
+                   f"({'meets' if ok else 'misses'} < 6 GiB and <= 1.25 x)")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path,
+                        default=Path(tempfile.gettempdir()) / "churnlens-bench")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--no-spark", action="store_true")
+    parser.add_argument("--score-snapshot", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.score_snapshot:  # the child process of one snapshot measurement
+        print(json.dumps(score_snapshot(args.score_snapshot)))
+        return
+    env = model_env(args.work)
+    jobs = []
+    plan = [("local", n) for n in args.sizes] + ([] if args.no_spark else [("spark", 100_000)])
+    for engine, n in plan:
+        source = make_source(n, args.work / "data" / f"s{n}")
+        runs = [job_run(source, args.work / "out" / f"{engine}-{n}.parquet", env, engine)
+                for _ in range(args.repeats)]
+        row = {"engine": engine, "base": n, "scored": runs[0]["scored"], "runs": runs}
+        row.update({k: median_of(runs, k) for k in ("job_s", "wall_s", "customers_per_s",
+                                                    "peak_mib")})
+        jobs.append(row)
+        print(f"{engine} {n:,}: {row['customers_per_s']:,.0f} customers/s, "
+              f"peak {row['peak_mib']:,.0f} MiB", flush=True)
+    snapshot = args.work / "snapshot-100k.parquet"
+    if not snapshot.exists():
+        subprocess.run(churnlens("features", "--source", str(make_source(
+            100_000, args.work / "data" / "s100000")), "--as-of", AS_OF, "--out",
+            str(snapshot)), check=True, env=env, stdout=subprocess.DEVNULL)
+    snaps = [json.loads(measure([sys.executable, __file__, "--score-snapshot", str(snapshot)],
+                                env)["stdout"].strip().splitlines()[-1])
+             for _ in range(args.repeats)]
+    snap = {"rows": snaps[0]["rows"], "risk_trees": snaps[0]["risk_trees"], "runs": snaps,
+            "rows_per_s": {k: statistics.median(s["rows_per_s"][k] for s in snaps)
+                           for k in snaps[0]["rows_per_s"]}}
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                          f"{platform.python_version()}",
+               "repeats": args.repeats, "as_of": AS_OF, "jobs": jobs, "snapshot": snap}
+    results["checks"] = checks(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "batch.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / "batch.md").write_text(to_markdown(results))
+    print(to_markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Benchmark: latency, throughput and memory of the real scoring service over HTTP.
+
+Starts `churnlens serve` on a free loopback port, then drives it from a separate load
+process (asyncio + one reused httpx client) while this process samples the server's
+resident memory (psutil, the whole process tree):
+
+- single-customer calls with drivers at 1, 8 and 32 concurrent clients;
+- pages of 100 customers with drivers at 1 and 4 concurrent clients;
+- a soak at a steady request rate (default 5 minutes), with server memory over time.
+
+Run it where `churnlens train` and `churnlens features --as-of DATE` ran (their MLflow store
+and snapshot), or point it elsewhere with --model-uri / --snapshot / MLFLOW_TRACKING_URI.
+Prints a table and writes benchmarks/results/serving.json and serving.md.
+
+    python benchmarks/serving.py --params params.yaml
+    python benchmarks/serving.py --seconds 10 --soak-seconds 60 --soak-rate 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+# This script's folder would shadow the `serving` package: keep it off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+TARGETS = {"single_c8_p99_ms": 50.0, "single_c8_rps": 200.0, "page100_customers_per_s": 3000.0,
+           "soak_memory_growth_pct": 10.0, "soak_failed": 0}
+WARMUP_S = 3.0  # per scenario: requests in the first seconds are not measured
+
+
+# ---------------------------------------------------------------- load process
+
+
+def load_main(argv: list[str]) -> None:
+    """The load generator (own process): runs one scenario, prints its latencies as JSON."""
+    import asyncio
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--ids", required=True, help="JSON file with customer ids")
+    p.add_argument("--page", type=int, default=0, help="customers per call; 0: single calls")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--rate", type=float, default=0.0, help="calls/s (open loop); 0: closed")
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--warmup", type=float, default=WARMUP_S)
+    args = p.parse_args(argv)
+    ids = json.loads(Path(args.ids).read_text())
+    print(json.dumps(asyncio.run(_drive(args, ids))), flush=True)
+
+
+async def _drive(args, ids: list[str]) -> dict:
+    import asyncio
+
+    import httpx
+
+    state = {"latencies": [], "failed": 0, "errors": [], "next": 0}
+    limits = httpx.Limits(max_connections=max(args.concurrency, 64))
+    async with httpx.AsyncClient(base_url=args.url, timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        measure_from, stop = start + args.warmup, start + args.warmup + args.seconds
+
+        async def call() -> None:
+            body = _body(ids, state, args.page)
+            t0 = time.perf_counter()
+            try:
+                route = "/score_page" if args.page else "/score_customer"
+                ok = (await client.post(route, json=body)).status_code == 200
+            except httpx.HTTPError as exc:
+                ok = False
+                state["errors"].append(type(exc).__name__)
+            if t0 >= measure_from:
+                state["latencies"].append(time.perf_counter() - t0)
+                state["failed"] += not ok
+
+        if args.rate:  # open loop: a call every 1/rate s, whether or not earlier ones ended
+            tasks, i = [], 0
+            while (due := start + i / args.rate) < stop:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                tasks.append(asyncio.create_task(call()))
+                i += 1
+            await asyncio.gather(*tasks)
+        else:
+            async def client_loop() -> None:
+                while time.perf_counter() < stop:
+                    await call()
+            await asyncio.gather(*(client_loop() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - measure_from
+    return {"latencies": state["latencies"], "failed": state["failed"],
+            "errors": sorted(set(state["errors"]))[:5], "seconds": elapsed}
+
+
+def _body(ids: list[str], state: dict, page: int) -> dict:
+    n = max(page, 1)
+    picked = [ids[(state["next"] + k) % len(ids)] for k in range(n)]
+    state["next"] += n
+    if page:
+        return {"customer_ids": picked, "with_drivers": True}
+    return {"customers": [{"customer_id": picked[0], "with_drivers": True}]}
+
+
+# ---------------------------------------------------------------- server and memory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, port: int, log) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "churnlens.cli", "--params", args.params, "serve",
+           "--port", str(port)]
+    if args.model_uri:
+        cmd += ["--model-uri", args.model_uri]
+    if args.snapshot:
+        cmd += ["--snapshot", args.snapshot]
+    env = {k: v for k, v in os.environ.items() if k != "CHURNLENS_API_KEY"}
+    env.update({"BENTOML_DO_NOT_TRACK": "True", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180) -> float:
+    import httpx
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with status {proc.returncode}; see its log")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit(f"server not ready after {timeout:.0f} s")
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process PID and all its descendants (BentoML's worker processes)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def run_load(url: str, ids_file: str, server_pid: int, seconds: float, page: int = 0,
+             concurrency: int = 1, rate: float = 0.0, sample_every: float = 0.5) -> dict:
+    """One scenario in a separate load process, sampling the server's memory meanwhile."""
+    cmd = [sys.executable, __file__, "load", "--url", url, "--ids", ids_file,
+           "--page", str(page), "--concurrency", str(concurrency), "--rate", str(rate),
+           "--seconds", str(seconds)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    t0, memory = time.perf_counter(), []
+    while proc.poll() is None:
+        memory.append((round(time.perf_counter() - t0, 2), tree_rss(server_pid)))
+        time.sleep(sample_every)
+    out = json.loads(proc.stdout.read())
+    return {**out, "memory": memory}
+
+
+# ---------------------------------------------------------------- figures
+
+
+def summarise(name: str, result: dict, page: int, concurrency: int) -> dict:
+    import numpy as np
+
+    lat = np.asarray(result["latencies"]) * 1000
+    calls = len(lat)
+    p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99)) if calls else (0,) * 3
+    rps = calls / result["seconds"]
+    return {"scenario": name, "concurrency": concurrency, "customers_per_call": max(page, 1),
+            "calls": calls, "failed": result["failed"], "errors": result["errors"],
+            "seconds": round(result["seconds"], 1), "calls_per_s": round(rps, 1),
+            "customers_per_s": round(rps * max(page, 1), 1),
+            "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
+            "peak_rss_mb": round(max(m for _, m in result["memory"]) / 2**20, 1)}
+
+
+def soak_figures(result: dict, warmup_s: float) -> dict:
+    """Memory growth after warm-up: median RSS of the last minute vs the first after it."""
+    import numpy as np
+
+    mem = [(t, m) for t, m in result["memory"] if t >= warmup_s]
+    window = max(1, min(60, len(mem) // 4))
+    seconds = len(mem) and mem[-1][0] - mem[0][0]
+    base = float(np.median([m for _, m in mem[:window]]))
+    end = float(np.median([m for _, m in mem[-window:]]))
+    return {"warmup_s": warmup_s, "measured_s": round(seconds, 1),
+            "rss_after_warmup_mb": round(base / 2**20, 1), "rss_end_mb": round(end / 2**20, 1),
+            "rss_max_mb": round(max(m for _, m in mem) / 2**20, 1),
+            "memory_growth_pct": round(100 * (end - base) / base, 2),
+            "rss_timeline_mb": [(t, round(m / 2**20, 1)) for t, m in result["memory"][::10]]}
+
+
+def verdicts(rows: list[dict], soak: dict | None) -> dict:
+    by = {r["scenario"]: r for r in rows}
+    c8, page = by.get("single c=8"), max((r for r in rows if r["customers_per_call"] == 100),
+                                         key=lambda r: r["customers_per_s"], default=None)
+    out = {}
+    if c8:
+        out["single_c8_p99_ms"] = (c8["p99_ms"], c8["p99_ms"] < TARGETS["single_c8_p99_ms"])
+        out["single_c8_rps"] = (c8["calls_per_s"], c8["calls_per_s"] >= TARGETS["single_c8_rps"])
+    if page:
+        out["page100_customers_per_s"] = (page["customers_per_s"], page["customers_per_s"]
+                                          >= TARGETS["page100_customers_per_s"])
+    if soak:
+        out["soak_memory_growth_pct"] = (soak["memory_growth_pct"], soak["memory_growth_pct"]
+                                         <= TARGETS["soak_memory_growth_pct"])
+        out["soak_failed"] = (soak["failed"], soak["failed"] == 0)
+    return {k: {"value": v, "target": TARGETS[k], "met": ok} for k, (v, ok) in out.items()}
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Serving benchmark", "",
+             f"{report['machine']['cpus']} CPUs, load average at start "
+             f"{report['machine']['load_at_start']}; Python {report['machine']['python']}; "
+             f"model {report['model']}; {report['snapshot_customers']:,} customers in the "
+             f"snapshot; server ready in {report['ready_s']:.1f} s.", "",
+             "| scenario | clients | customers/call | calls | failed | calls/s | customers/s "
+             "| p50 ms | p95 ms | p99 ms | server RSS peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["scenarios"]:
+        lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['customers_per_call']} | "
+                     f"{r['calls']} | {r['failed']} | {r['calls_per_s']} | "
+                     f"{r['customers_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
+                     f"{r['peak_rss_mb']} |")
+    lines += ["", f"Peak server memory over the run: {report['peak_rss_mb']} MB."]
+    soak = report.get("soak")
+    if soak:
+        lines += ["", f"Soak: {soak['rate']} calls/s for {soak['measured_s']} s after "
+                      f"{soak['warmup_s']} s of warm-up: {soak['calls']} calls, "
+                      f"{soak['failed']} failed, p99 {soak['p99_ms']} ms; server RSS "
+                      f"{soak['rss_after_warmup_mb']} MB after warm-up, {soak['rss_end_mb']} MB "
+                      f"at the end (growth {soak['memory_growth_pct']}%), max "
+                      f"{soak['rss_max_mb']} MB."]
+    lines += ["", "| target | value | required | met |", "|---|---|---|---|"]
+    for name, v in report["targets"].items():
+        lines.append(f"| {name} | {v['value']} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+
+def snapshot_info(url: str) -> tuple[str, int]:
+    import httpx
+
+    info = httpx.post(f"{url}/model_info", json={}, timeout=30).json()
+    model = info["model"]
+    return f"{model['name']} v{model['version']}", info["snapshot"]["customers"]
+
+
+def customer_ids(args, work_dir: Path) -> list[str]:
+    import pandas as pd
+
+    path = Path(args.snapshot) if args.snapshot else sorted(
+        (work_dir / "snapshots").glob("features-*.parquet"))[-1]
+    return [str(i) for i in pd.read_parquet(path, columns=["customer_id"])["customer_id"]]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "load":
+        load_main(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model-uri")
+    parser.add_argument("--snapshot")
+    parser.add_argument("--seconds", type=float, default=20, help="measured seconds per scenario")
+    parser.add_argument("--soak-seconds", type=float, default=300, help="0 skips the soak")
+    parser.add_argument("--soak-rate", type=float, default=30, help="soak calls per second")
+    parser.add_argument("--soak-warmup", type=float, default=30,
+                        help="seconds of the soak before memory growth is measured")
+    args = parser.parse_args()
+
+    from churnlens.settings import load_settings
+
+    work_dir = Path(load_settings(args.params).paths.work_dir)
+    ids = customer_ids(args, work_dir)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_file = Path(tmp) / "ids.json"
+        ids_file.write_text(json.dumps(ids))
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed in finally
+        server = start_server(args, port, log)
+        try:
+            report = measure(args, url, str(ids_file), server)
+        except BaseException:
+            print(Path(tmp, "server.log").read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+            log.close()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "serving.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def measure(args, url: str, ids_file: str, server: subprocess.Popen) -> dict:
+    ready_s = wait_ready(server, url)
+    model, customers = snapshot_info(url)
+    print(f"server ready in {ready_s:.1f} s: {model}, {customers:,} customers", flush=True)
+    rows, peak = [], 0
+    for name, page, concurrency in [("single c=1", 0, 1), ("single c=8", 0, 8),
+                                    ("single c=32", 0, 32), ("page of 100 c=1", 100, 1),
+                                    ("page of 100 c=4", 100, 4)]:
+        result = run_load(url, ids_file, server.pid, args.seconds, page, concurrency)
+        rows.append(summarise(name, result, page, concurrency))
+        peak = max(peak, rows[-1]["peak_rss_mb"])
+        print(f"  {name}: {rows[-1]['calls_per_s']} calls/s, p99 {rows[-1]['p99_ms']} ms, "
+              f"{rows[-1]['failed']} failed", flush=True)
+    soak = None
+    if args.soak_seconds > 0:
+        result = run_load(url, ids_file, server.pid, args.soak_seconds, rate=args.soak_rate,
+                          sample_every=1.0)
+        row = summarise("soak", result, 0, 0)
+        soak = {"rate": args.soak_rate, "calls": row["calls"], "failed": row["failed"],
+                "errors": row["errors"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"],
+                **soak_figures(result, args.soak_warmup)}
+        peak = max(peak, soak["rss_max_mb"])
+        print(f"  soak: {soak['calls']} calls, {soak['failed']} failed, memory growth "
+              f"{soak['memory_growth_pct']}%", flush=True)
+    return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "load_at_start": [round(x, 2) for x in os.getloadavg()]},
+            "model": model, "snapshot_customers": customers, "ready_s": round(ready_s, 1),
+            "scenarios": rows, "peak_rss_mb": peak, "soak": soak,
+            "targets": verdicts(rows, soak)}
+
+
+if __name__ == "__main__":
+    main()
