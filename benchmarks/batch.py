@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, this folder is first on sys.path, and its features.py would shadow the
+# features package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 RESULTS = ROOT / "benchmarks" / "results"
 AS_OF = "2026-10-01"
 BLOCK = 100_000  # customers per generated block of the large bases

@@ -127,6 +127,8 @@ def start_server(args, port: int, log) -> subprocess.Popen:
         cmd += ["--snapshot", args.snapshot]
     env = {k: v for k, v in os.environ.items() if k != "CHURNLENS_API_KEY"}
     env.update({"BENTOML_DO_NOT_TRACK": "True", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    if args.workers > 1:  # BentoML's own override of the service's config
+        env["BENTOML_CONFIG_OPTIONS"] = f"services.churnlens.workers={args.workers}"
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
@@ -237,7 +239,8 @@ def markdown(report: dict) -> str:
              f"{report['machine']['cpus']} CPUs, load average at start "
              f"{report['machine']['load_at_start']}; Python {report['machine']['python']}; "
              f"model {report['model']}; {report['snapshot_customers']:,} customers in the "
-             f"snapshot; server ready in {report['ready_s']:.1f} s.", "",
+             f"snapshot; {report['workers']} server worker(s), ready in "
+             f"{report['ready_s']:.1f} s.", "",
              "| scenario | clients | customers/call | calls | failed | calls/s | customers/s "
              "| p50 ms | p95 ms | p99 ms | server RSS peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -290,7 +293,8 @@ def main() -> None:
     parser.add_argument("--snapshot")
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per scenario")
     parser.add_argument("--soak-seconds", type=float, default=300, help="0 skips the soak")
-    parser.add_argument("--soak-rate", type=float, default=30, help="soak calls per second")
+    parser.add_argument("--soak-rate", type=float, default=20, help="soak calls per second")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--soak-warmup", type=float, default=30,
                         help="seconds of the soak before memory growth is measured")
     args = parser.parse_args()
@@ -347,7 +351,8 @@ def measure(args, url: str, ids_file: str, server: subprocess.Popen) -> dict:
               f"{soak['memory_growth_pct']}%", flush=True)
     return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_at_start": [round(x, 2) for x in os.getloadavg()]},
-            "model": model, "snapshot_customers": customers, "ready_s": round(ready_s, 1),
+            "model": model, "workers": args.workers, "snapshot_customers": customers,
+            "ready_s": round(ready_s, 1),
             "scenarios": rows, "peak_rss_mb": peak, "soak": soak,
             "targets": verdicts(rows, soak)}
 

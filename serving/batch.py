@@ -48,6 +48,8 @@ from training.bundle import ChurnModel
 MANIFEST_FORMAT = 1
 SCORE_KEY = "__score__"  # model.reference entry for the churn probability's distribution
 TOP_ACCOUNTS = 10
+DUCKDB_MEMORY_LIMIT = "1GB"  # DuckDB's limit while scoring chunks (loading uses its own)
+SCORE_ROWS = 10_000  # rows scored at once inside a chunk
 _EPS = 1e-4  # share floor in PSI: an empty bin would otherwise give an infinite term
 
 _DRIVER = pa.struct([
@@ -79,8 +81,6 @@ class BatchError(ValueError):
 
 Log = Callable[[str], None]
 
-
-# ---------------------------------------------------------------- records <-> parquet rows
 
 def record_row(record: dict) -> dict:
     """A score record (serving.core) in RECORD_SCHEMA's layout.
@@ -116,8 +116,6 @@ def table_records(table: pa.Table) -> list[dict]:
         out.append(row)
     return out
 
-
-# ---------------------------------------------------------------- model and date
 
 def load_model(model_uri: str) -> ChurnModel:
     """Load the ChurnModel behind MODEL_URI, its registry name/version/run_id filled in.
@@ -167,8 +165,6 @@ def parse_as_of(value: str, observed_until: pd.Timestamp) -> pd.Timestamp:
                          f"({observed_until.date()}): features would miss records")
     return as_of
 
-
-# ---------------------------------------------------------------- chunks and manifest
 
 @dataclass(frozen=True)
 class Chunk:
@@ -229,11 +225,9 @@ def check_manifest(found: dict, wanted: dict, parts: Path) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
 
-
-# ---------------------------------------------------------------- drift and summary
 
 def _bin_counts(values: np.ndarray, ref: dict) -> dict:
     """Counts of VALUES on a reference's bins: numeric edges (ends open) or category levels."""
@@ -314,7 +308,7 @@ def psi(actual: np.ndarray, expected: np.ndarray) -> float:
 def _numeric_drift(hist: dict, ref: dict) -> dict:
     counts = np.asarray(hist["counts"], float)
     total, missing = counts.sum(), hist["missing"]
-    out = {"kind": "numeric", "missing_share": missing / max(total + missing, 1)}
+    out = {"kind": "numeric", "missing_share": float(missing / max(total + missing, 1))}
     if "shares" in ref:
         expected = np.asarray(ref["shares"], float)
     elif len(ref["edges"]) == 11:
@@ -396,8 +390,6 @@ def summary_lines(stats: dict, currency: str) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------- engines
-
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -416,10 +408,16 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, ds: DataSet, settings: Settings, model: ChurnModel):
+    def __init__(self, ds: DataSet, settings: Settings, model: ChurnModel,
+                 memory_limit: str | None = DUCKDB_MEMORY_LIMIT):
         self.ds, self.settings, self.model = ds, settings, model
         self.was_derived = ds.derived
         con = ds.con
+        if memory_limit:
+            # From here DuckDB needs memory for one chunk only: under a lower limit it moves
+            # the loaded tables to its temp folder instead of holding all of them, so peak
+            # memory does not grow with the base.
+            con.execute(f"SET memory_limit = '{memory_limit}'")
         types = con.execute("SELECT count(DISTINCT event) FROM main.events").fetchall()[0][0]
         self.daily_per_chunk = types <= 64
         if not self.daily_per_chunk and not ds.derived:
@@ -448,15 +446,17 @@ class LocalEngine:
 
     def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
         frame = self.features(chunk)
-        return records_table(score_records(self.model, frame)), frame
+        # Scored in slices: the survival curves of a slice take ~18 kB a row, so a whole
+        # 50k chunk at once would need ~1 GB more than the chunk's features do.
+        tables = [records_table(score_records(self.model, frame.iloc[i:i + SCORE_ROWS]))
+                  for i in range(0, len(frame), SCORE_ROWS)]
+        return pa.concat_tables(tables), frame
 
     def close(self) -> None:
         """Drop the chunk tables; the DataSet itself belongs to the caller."""
         self.ds.con.execute("DROP SCHEMA IF EXISTS chunk CASCADE")
         self.ds.derived = self.was_derived
 
-
-# ---------------------------------------------------------------- Spark
 
 @lru_cache(maxsize=1)
 def _spark_dialect():
@@ -620,8 +620,6 @@ def _score_partition(model_bytes, carried: list[str], model: ChurnModel):
     return run
 
 
-# ---------------------------------------------------------------- the job
-
 @dataclass(frozen=True)
 class BatchJob:
     """What to score, with what, and where to write it."""
@@ -680,9 +678,10 @@ def _score_chunks(engine, chunks: list[Chunk], parts: Path, reference: dict,
     """Score every chunk whose part is missing; return how many were already done."""
     from tqdm import tqdm
 
-    done = [c for c in chunks if (parts / f"{c.part}.parquet").exists()]
-    todo = [c for c in chunks if c not in done]
-    bar = tqdm(total=sum(c.count for c in chunks), initial=sum(c.count for c in done),
+    done = {c.index for c in chunks if (parts / f"{c.part}.parquet").exists()}
+    todo = [c for c in chunks if c.index not in done]
+    bar = tqdm(total=sum(c.count for c in chunks),
+               initial=sum(c.count for c in chunks if c.index in done),
                unit=" customers", file=sys.stderr, disable=not progress, smoothing=0.1)
     with bar:
         for chunk in todo:
@@ -707,7 +706,8 @@ def _combine(chunks: list[Chunk], parts: Path, out: Path, manifest: dict) -> Non
                                        ("as_of", "model", "customers")}).encode()}
     with pq.ParquetWriter(tmp, RECORD_SCHEMA.with_metadata(meta)) as writer:
         for c in chunks:
-            writer.write_table(pq.read_table(parts / f"{c.part}.parquet").replace_schema_metadata(meta))
+            part = pq.read_table(parts / f"{c.part}.parquet")
+            writer.write_table(part.replace_schema_metadata(meta))
     tmp.replace(out)
 
 
@@ -726,24 +726,32 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
     model = load_model(job.model_uri)
     source = str(job.source or settings.data.source)
     ds = load_source(source, settings.data.observed_until)
-    as_of = parse_as_of(job.as_of, ds.observed_until)
-    set_cutoffs(ds, [as_of])
-    if build_spine(ds, settings.churn) == 0:
-        raise BatchError(f"no customer is active as of {as_of.date()}; pick a date inside "
-                         f"the data (it ends {ds.observed_until.date()})")
-    ids = ds.con.sql("SELECT customer_id FROM spine ORDER BY customer_id").fetch_arrow_table()
-    chunks = plan_chunks(ids.column(0).combine_chunks(), job.chunk_size)
-    del ids
-    manifest = _manifest(as_of, model, job.model_uri, source, ds.observed_until,
-                         job.chunk_size, chunks)
-    job.out.parent.mkdir(parents=True, exist_ok=True)
-    parts = _open_parts(job, manifest, log)
-    engine = (SparkEngine(ds, settings, model, job.master, spark) if job.engine == "spark"
-              else LocalEngine(ds, settings, model))
     try:
-        resumed = _score_chunks(engine, chunks, parts, model.reference, progress)
+        for line in ds.report.lines():
+            log(line)
+        as_of = parse_as_of(job.as_of, ds.observed_until)
+        set_cutoffs(ds, [as_of])
+        if build_spine(ds, settings.churn) == 0:
+            raise BatchError(f"no customer is active as of {as_of.date()}; pick a date inside "
+                             f"the data (it ends {ds.observed_until.date()})")
+        ids = ds.con.sql("SELECT customer_id FROM spine ORDER BY customer_id").to_arrow_table()
+        chunks = plan_chunks(ids.column(0).combine_chunks(), job.chunk_size)
+        del ids
+        manifest = _manifest(as_of, model, job.model_uri, str(Path(source).resolve()),
+                             ds.observed_until, job.chunk_size, chunks)
+        log(f"{manifest['customers']:,} customers active on {as_of.date()}, scored by "
+            f"{model.info.get('name')} v{model.info.get('version')} in {len(chunks)} chunk(s) "
+            f"of up to {job.chunk_size:,} on the {job.engine} engine")
+        job.out.parent.mkdir(parents=True, exist_ok=True)
+        parts = _open_parts(job, manifest, log)
+        engine = (SparkEngine(ds, settings, model, job.master, spark) if job.engine == "spark"
+                  else LocalEngine(ds, settings, model))
+        try:
+            resumed = _score_chunks(engine, chunks, parts, model.reference, progress)
+        finally:
+            engine.close()
     finally:
-        engine.close()
+        ds.con.close()
     stats = merge_stats([json.loads((parts / f"{c.part}.stats.json").read_text())
                          for c in chunks])
     drift = drift_report(stats, model.reference, job.psi_threshold)

@@ -10,8 +10,9 @@ Endpoints (POST, JSON): /score_customer (adaptive batching), /score_page, /what_
 /model_info. BentoML adds /livez, /readyz, /metrics (Prometheus) and /docs.json (OpenAPI).
 Every error body is `{"error": message}`, the message led by the field at fault
 ("customers[0].customer_id: ..."), which is the error schema BentoML publishes in
-/docs.json; a 5xx body never says more than that something failed. With env CHURNLENS_API_KEY set, every endpoint but the health checks
-needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+/docs.json; a 5xx body never says more than that something failed. With env
+CHURNLENS_API_KEY set, every endpoint but the health checks needs `Authorization: Bearer
+KEY` or `X-API-Key: KEY`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Annotated, Literal
 import bentoml
 import pandas as pd
 from bentoml.exceptions import InvalidArgument, NotFound
+from bentoml.validators import ContentType
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator
 
 from churnlens.settings import ServingSettings
@@ -40,7 +42,7 @@ ENV_API_KEY = "CHURNLENS_API_KEY"
 ENV_MAX_PAGE_SIZE = "CHURNLENS_MAX_PAGE_SIZE"
 DEFAULT_MODEL_URI = "models:/churnlens@champion"
 MAX_PER_CALL = 100  # customers in one /score_customer call; pages go to /score_page
-SMALL_BATCH = 256  # below this many rows LightGBM runs on one thread (no OpenMP start-up)
+SMALL_BATCH = 256  # fewer rows: one LightGBM thread (OpenMP start-up costs more than it saves)
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
 
 logger = logging.getLogger("bentoml.churnlens")
@@ -213,6 +215,11 @@ class ScoreRecord(BaseModel):
                                               "with_drivers is false)")
 
 
+# Declared with its media type: otherwise BentoML 1.4 rebuilds the list's JSON schema on
+# every response only to learn that it is JSON (a fifth of the event loop's time).
+ScoreRecords = Annotated[list[ScoreRecord], ContentType("application/json")]
+
+
 class Page(BaseModel):
     records: list[ScoreRecord] = Field(description="one record per customer, in request order")
 
@@ -272,6 +279,7 @@ class ChurnService:
         self.position = {cid: i for i, cid in enumerate(self.snapshot["customer_id"])}
         self.max_page_size = int(os.environ.get(ENV_MAX_PAGE_SIZE)
                                  or ServingSettings().max_page_size)
+        self.kinds = {f.name: f.kind for f in self.model.features}
         self.levels = dict(self.model.risk.categories_)
         _Snapshot.ids = frozenset(self.position)
         logger.info("model %s v%s and %d customers as of %s loaded", self.model.info["name"],
@@ -283,7 +291,7 @@ class ChurnService:
 
     @bentoml.api(batchable=True, input_spec=CustomerBatch, max_batch_size=256,
                  max_latency_ms=30_000)
-    def score_customer(self, customers: list[CustomerRequest]) -> list[ScoreRecord]:
+    def score_customer(self, customers: list[CustomerRequest]) -> ScoreRecords:
         """Score snapshot customers by id: {"customers": [{"customer_id": "..."}]}.
 
         Concurrent calls are batched together (adaptive batching). Unknown ids get 404.
@@ -375,7 +383,7 @@ class ChurnService:
 
     def _check_value(self, field: str, name: str, value: float | str | None) -> None:
         """FieldError unless VALUE suits feature NAME: a number, a known level, or null."""
-        kind = next((f.kind for f in self.model.features if f.name == name), None)
+        kind = self.kinds.get(name)
         if kind is None:
             raise FieldError(field, "unknown feature; /model_info lists the model's features")
         if value is None:
