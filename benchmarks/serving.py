@@ -54,9 +54,11 @@ def load_main(argv: list[str]) -> None:
     p.add_argument("--rate", type=float, default=0.0, help="calls/s (open loop); 0: closed")
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--warmup", type=float, default=WARMUP_S)
+    p.add_argument("--out", required=True, help="JSON file for the results")
     args = p.parse_args(argv)
     ids = json.loads(Path(args.ids).read_text())
-    print(json.dumps(asyncio.run(_drive(args, ids))), flush=True)
+    # A file, not stdout: a soak's latencies overflow a pipe the parent reads only at the end.
+    Path(args.out).write_text(json.dumps(asyncio.run(_drive(args, ids))))
 
 
 async def _drive(args, ids: list[str]) -> dict:
@@ -170,16 +172,18 @@ def tree_rss(pid: int) -> int:
 def run_load(url: str, ids_file: str, server_pid: int, seconds: float, page: int = 0,
              concurrency: int = 1, rate: float = 0.0, sample_every: float = 0.5) -> dict:
     """One scenario in a separate load process, sampling the server's memory meanwhile."""
+    out = Path(ids_file).with_name("load.json")
     cmd = [sys.executable, __file__, "load", "--url", url, "--ids", ids_file,
            "--page", str(page), "--concurrency", str(concurrency), "--rate", str(rate),
-           "--seconds", str(seconds)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+           "--seconds", str(seconds), "--out", str(out)]
+    proc = subprocess.Popen(cmd)
     t0, memory = time.perf_counter(), []
     while proc.poll() is None:
         memory.append((round(time.perf_counter() - t0, 2), tree_rss(server_pid)))
         time.sleep(sample_every)
-    out = json.loads(proc.stdout.read())
-    return {**out, "memory": memory}
+    if proc.returncode != 0:
+        raise SystemExit(f"load process failed with status {proc.returncode}")
+    return {**json.loads(out.read_text()), "memory": memory}
 
 
 # ---------------------------------------------------------------- figures
@@ -283,6 +287,10 @@ def customer_ids(args, work_dir: Path) -> list[str]:
     return [str(i) for i in pd.read_parquet(path, columns=["customer_id"])["customer_id"]]
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # runs the finally that stops the server
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "load":
         load_main(sys.argv[2:])
@@ -298,6 +306,7 @@ def main() -> None:
     parser.add_argument("--soak-warmup", type=float, default=30,
                         help="seconds of the soak before memory growth is measured")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     from churnlens.settings import load_settings
 
