@@ -14,6 +14,8 @@ import pandas as pd
 
 from training.bundle import ChurnModel
 from training.drivers import explain, risk_tier
+from training.ltv import expected_ltv, monthly_grid, monthly_revenue
+from training.survival import remaining_grid
 
 SURVIVAL_DAYS = ("30", "90", "180", "365")
 
@@ -25,30 +27,60 @@ class FeatureInputError(ValueError):
 def check_features(model: ChurnModel, frame: pd.DataFrame) -> pd.DataFrame:
     """Check and coerce feature rows: every model feature present, numerics numeric.
 
-    Returns a copy with numeric features as float64 (None/NaN stays NaN: LightGBM and the
-    survival model treat it as unknown, which is what a null means). Raises
-    FeatureInputError naming the missing or malformed columns and the offending rows.
+    Returns a frame (sharing the columns that need no change) with numeric features as
+    float64 (None/NaN stays NaN: LightGBM and the survival model treat it as unknown, which
+    is what a null means). Raises FeatureInputError naming the missing or malformed columns
+    and the offending rows. The input frame is never modified.
     """
     missing = [f.name for f in model.features if f.name not in frame.columns]
     if missing:
         raise FeatureInputError(f"missing feature column(s): {', '.join(missing)}")
-    out = frame.copy()
+    dtypes = frame.dtypes
+    changed = {}
     for f in model.features:
+        dtype = dtypes[f.name]
         if f.kind != "numeric":
-            col = out[f.name]
-            if not (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object
-                    or pd.api.types.is_string_dtype(col)):
-                out[f.name] = col.astype("string").astype(object)
-            continue
-        values = pd.to_numeric(out[f.name], errors="coerce")
-        bad = values.isna() & out[f.name].notna()
-        if bad.any():
-            rows = list(out.index[bad][:3])
-            raise FeatureInputError(
-                f"feature {f.name} must be a number; rows {rows} hold "
-                f"{list(out.loc[bad, f.name][:3])}"
-            )
-        out[f.name] = values.astype("float64")
+            if not (isinstance(dtype, pd.CategoricalDtype) or dtype == np.dtype(object)
+                    or pd.api.types.is_string_dtype(dtype)):
+                changed[f.name] = frame[f.name].astype("string").astype(object)
+        elif dtype == np.float64:
+            continue  # the common case (snapshots, batch chunks): nothing to do
+        elif isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+            changed[f.name] = frame[f.name].astype("float64")
+        else:
+            changed[f.name] = _to_float(f.name, frame[f.name])
+    if not changed:
+        return frame
+    out = frame.copy(deep=False)
+    for name, values in changed.items():
+        out[name] = values
+    return out
+
+
+def _to_float(name: str, col: pd.Series) -> pd.Series:
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna() & col.notna()
+    if bad.any():
+        rows = list(col.index[bad][:3])
+        raise FeatureInputError(
+            f"feature {name} must be a number; rows {rows} hold {list(col[bad][:3])}")
+    return values.astype("float64")
+
+
+def _scores(model: ChurnModel, checked: pd.DataFrame, num_threads: int | None
+            ) -> dict[str, np.ndarray]:
+    """The score columns of checked feature rows; the survival curve is computed once."""
+    prob = model.risk.predict_proba(checked, num_threads=num_threads)
+    grid = remaining_grid()
+    months = monthly_grid(model.ltv.horizon_days)
+    curve = model.survival.survival_function(checked, np.concatenate([grid, months]))
+    surv, monthly = curve[:, :grid.size], curve[:, grid.size:]
+    out = {"churn_probability": prob, "risk_tier": risk_tier(prob, model.tiers)}
+    for d in SURVIVAL_DAYS:
+        out[f"survival_{d}"] = surv[:, int(np.searchsorted(grid, float(d)))]
+    out["expected_remaining_days"] = np.trapezoid(surv, grid, axis=1)
+    out["expected_ltv"] = expected_ltv(monthly, monthly_revenue(checked),
+                                       model.ltv.horizon_days, model.ltv.annual_discount_rate)
     return out
 
 
@@ -60,16 +92,7 @@ def score_frame(model: ChurnModel, frame: pd.DataFrame, num_threads: int | None 
     expected_remaining_days, expected_ltv. Raises FeatureInputError on bad input.
     """
     checked = check_features(model, frame)
-    prob = model.risk.predict_proba(checked, num_threads=num_threads)
-    surv = model.survival.survival_at(checked)
-    out = pd.DataFrame(index=frame.index)
-    out["churn_probability"] = prob
-    out["risk_tier"] = risk_tier(prob, model.tiers)
-    for d in SURVIVAL_DAYS:
-        out[f"survival_{d}"] = surv[d].to_numpy()
-    out["expected_remaining_days"] = model.survival.expected_remaining_days(checked)
-    out["expected_ltv"] = model.expected_ltv(checked)
-    return out
+    return pd.DataFrame(_scores(model, checked, num_threads), index=frame.index)
 
 
 def _clean(value):
@@ -89,7 +112,7 @@ def score_records(model: ChurnModel, frame: pd.DataFrame, as_of: Iterable | None
     the risk model, grouped and mapped to playbooks.
     """
     checked = check_features(model, frame)
-    scores = score_frame(model, checked, num_threads=num_threads)
+    scores = _scores(model, checked, num_threads)
     if with_drivers:
         contrib = model.risk.contributions(checked, num_threads=num_threads)
         drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n)
@@ -118,7 +141,7 @@ def score_records(model: ChurnModel, frame: pd.DataFrame, as_of: Iterable | None
         "expected_ltv": ltv[i],
         "currency": model.currency,
         "drivers": [{k: _clean(v) for k, v in d.items()} for d in drivers[i]],
-    } for i in range(len(scores))]
+    } for i in range(len(ids))]
 
 
 class _DateStrings:

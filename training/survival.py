@@ -207,8 +207,11 @@ class _DiscreteHazard:
         # Early stopping on 20% of customers held out of the training rows (not the
         # validation slice, which must stay unseen to compare the candidates fairly).
         ids = frame["customer_id"].to_numpy() if "customer_id" in frame else np.arange(len(d))
-        uniq = np.unique(ids)
-        held = np.isin(ids, rng.choice(uniq, size=max(1, len(uniq) // 5), replace=False))[rows]
+        # By position in the sorted ids: np.isin on string ids took 275 s for 480k rows.
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        chosen = np.zeros(len(uniq), dtype=bool)
+        chosen[rng.choice(len(uniq), size=max(1, len(uniq) // 5), replace=False)] = True
+        held = chosen[inverse.ravel()][rows]
         cat = list(range(len(self.numeric_), len(self.numeric_) + len(self.levels_)))
         names = [*self.numeric_, *self.levels_, "interval"]
         sets = [lgb.Dataset(self._expand(x, rows[m], k[m]), y[m], weight=w[m], feature_name=names,
@@ -331,7 +334,16 @@ class SurvivalModel:
 
         Raises ValueError when cap_days is not a positive finite number.
         """
-        if not np.isfinite(cap_days) or cap_days <= 0:
-            raise ValueError(f"cap_days must be a positive number of days, got {cap_days}")
-        grid = np.linspace(0.0, cap_days, int(np.ceil(cap_days / 5.0)) + 1)
+        grid = remaining_grid(cap_days)
         return np.trapezoid(self.survival_function(frame, grid), grid, axis=1)
+
+
+def remaining_grid(cap_days: float = 3650) -> np.ndarray:
+    """Days 0, 5, ..., CAP_DAYS: the grid `expected_remaining_days` integrates S over.
+
+    It holds 30, 90, 180 and 365, so one curve on it also gives `survival_at`'s columns.
+    Raises ValueError when cap_days is not a positive finite number.
+    """
+    if not np.isfinite(cap_days) or cap_days <= 0:
+        raise ValueError(f"cap_days must be a positive number of days, got {cap_days}")
+    return np.linspace(0.0, cap_days, int(np.ceil(cap_days / 5.0)) + 1)

@@ -1,0 +1,71 @@
+"""The scoring core: input checks, and one survival curve giving the same numbers as three."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.core import FeatureInputError, check_features, score_frame, score_records
+from training.tracking import load_bundle
+
+
+@pytest.fixture(scope="module")
+def model_and_rows(trained_env):
+    import mlflow
+
+    mlflow.set_tracking_uri(trained_env.tracking_uri)
+    model = load_bundle(trained_env.model_uri)
+    rows = pd.read_parquet(trained_env.snapshot).head(50).reset_index(drop=True)
+    return model, rows
+
+
+def test_scores_equal_the_separate_survival_calls(model_and_rows):
+    model, rows = model_and_rows
+    scores = score_frame(model, rows)
+    surv = model.survival.survival_at(rows)
+    for d in ("30", "90", "180", "365"):
+        np.testing.assert_allclose(scores[f"survival_{d}"], surv[d], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scores["expected_remaining_days"],
+                               model.survival.expected_remaining_days(rows), rtol=1e-12)
+    np.testing.assert_allclose(scores["expected_ltv"], model.expected_ltv(rows), rtol=1e-12)
+    np.testing.assert_allclose(scores["churn_probability"], model.risk.predict_proba(rows))
+
+
+def test_integer_and_text_numbers_are_coerced_without_touching_the_input(model_and_rows):
+    model, rows = model_and_rows
+    numeric = [f.name for f in model.features if f.kind == "numeric"]
+    whole = rows.copy()
+    whole[numeric[0]] = whole[numeric[0]].fillna(0).round().astype("int64")
+    as_text = whole.copy()
+    as_text[numeric[0]] = as_text[numeric[0]].astype(str).astype(object)
+    before = as_text.copy()
+    for frame in (whole, as_text):
+        checked = check_features(model, frame)
+        assert checked[numeric[0]].dtype == np.float64
+        np.testing.assert_array_equal(checked[numeric[0]], whole[numeric[0]].astype(float))
+    pd.testing.assert_frame_equal(as_text, before)  # the caller's frame is unchanged
+    assert check_features(model, rows) is rows  # already clean: no copy at all
+
+
+def test_bad_numbers_and_missing_columns_are_named(model_and_rows):
+    model, rows = model_and_rows
+    numeric = next(f.name for f in model.features if f.kind == "numeric")
+    bad = rows.astype({numeric: object})
+    bad.loc[3, numeric] = "lots"
+    with pytest.raises(FeatureInputError, match=rf"feature {numeric} must be a number; "
+                                                r"rows \[3\] hold \['lots'\]"):
+        score_records(model, bad)
+    with pytest.raises(FeatureInputError, match=rf"missing feature column\(s\): {numeric}"):
+        score_frame(model, rows.drop(columns=[numeric]))
+
+
+def test_records_follow_the_input_order_and_carry_the_model(model_and_rows):
+    model, rows = model_and_rows
+    shuffled = rows.sample(frac=1.0, random_state=3)
+    records = score_records(model, shuffled)
+    assert [r["customer_id"] for r in records] == [str(c) for c in shuffled["customer_id"]]
+    flat = score_frame(model, shuffled)
+    assert [r["churn_probability"] for r in records] == flat["churn_probability"].tolist()
+    assert all(r["model"]["name"] == model.info["name"] for r in records)
+    assert all(len(r["drivers"]) <= model.top_n for r in records)
