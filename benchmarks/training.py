@@ -57,7 +57,9 @@ def run_train(source: Path, root: Path) -> dict:
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
                MLFLOW_DISABLE_TELEMETRY="true")
     out = subprocess.run([sys.executable, "-c", TRAIN, str(source), str(root / "work")],
-                         capture_output=True, text=True, check=True, cwd=root, env=env)
+                         capture_output=True, text=True, cwd=root, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"train failed with status {out.returncode}:\n{out.stderr[-3000:]}")
     line = next(x for x in out.stdout.splitlines() if "RESULT " in x)
     return json.loads(line.split("RESULT ", 1)[1])
 
@@ -84,11 +86,13 @@ def measure(n: int, runs: int) -> dict:
 
 def markdown(report: dict) -> str:
     sizes = list(report["sizes"])
-    lines = ["| customers | runs | median train s | median peak GiB | max peak GiB |",
-             "|---|---|---|---|---|"]
+    lines = ["| customers | runs | median train s | median peak GiB | max peak GiB | load at start |",
+             "|---|---|---|---|---|---|"]
     for n, s in report["sizes"].items():
+        load = s.get("load_average_at_start")
         lines.append(f"| {int(n):,} | {s.get('runs_count', '')} | {s['median_seconds']:.1f} | "
-                     f"{s['median_peak_gib']:.2f} | {s['max_peak_gib']:.2f} |")
+                     f"{s['median_peak_gib']:.2f} | {s['max_peak_gib']:.2f} | "
+                     f"{'' if load is None else load[0]} |")
     lines += ["", "Test-slice quality (same seed; oracle = the generator's true probabilities):",
               "", "| model | metric | " + " | ".join(f"{int(n):,}" for n in sizes) + " |",
               "|---|---|" + "---|" * len(sizes)]
@@ -111,7 +115,9 @@ def main() -> None:
     report = json.loads(previous.read_text()) if previous.exists() else {"sizes": {}}
     report["cpus"] = len(os.sched_getaffinity(0))
     for n in args.sizes:
-        report["sizes"][str(n)] = measure(n, args.runs) | {"runs_count": args.runs}
+        load = [round(x, 2) for x in os.getloadavg()]
+        report["sizes"][str(n)] = measure(n, args.runs) | {"runs_count": args.runs,
+                                                          "load_average_at_start": load}
     report["sizes"] = dict(sorted(report["sizes"].items(), key=lambda kv: int(kv[0])))
     (RESULTS / "training.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)

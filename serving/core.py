@@ -7,7 +7,8 @@ The endpoint, the batch scorer and the MLflow pyfunc all call `score_frame` /
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -67,13 +68,42 @@ def _to_float(name: str, col: pd.Series) -> pd.Series:
     return values.astype("float64")
 
 
-def _scores(model: ChurnModel, checked: pd.DataFrame, num_threads: int | None
+@dataclass(frozen=True)
+class Prepared:
+    """Checked feature rows with the risk and survival models' input matrices.
+
+    Built once by `prepare` for rows that are scored often (a server's snapshot); `take`
+    picks rows by position without encoding them again.
+    """
+
+    frame: pd.DataFrame
+    risk: np.ndarray
+    survival: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def take(self, positions: Sequence[int]) -> Prepared:
+        idx = np.asarray(positions, dtype=np.intp)
+        return Prepared(self.frame.iloc[idx], self.risk[idx], self.survival[idx])
+
+
+def prepare(model: ChurnModel, frame: pd.DataFrame | Prepared) -> Prepared:
+    """Check FRAME (`check_features`) and encode it for both models, once."""
+    if isinstance(frame, Prepared):
+        return frame
+    checked = check_features(model, frame)
+    return Prepared(checked, model.risk.encode(checked), model.survival.encode(checked))
+
+
+def _scores(model: ChurnModel, rows: Prepared, num_threads: int | None
             ) -> dict[str, np.ndarray]:
-    """The score columns of checked feature rows; the survival curve is computed once."""
-    prob = model.risk.predict_proba(checked, num_threads=num_threads)
+    """The score columns of prepared rows; the survival curve is computed once."""
+    checked = rows.frame
+    prob = model.risk.predict_proba(rows.risk, num_threads=num_threads)
     grid = remaining_grid()
     months = monthly_grid(model.ltv.horizon_days)
-    curve = model.survival.survival_function(checked, np.concatenate([grid, months]))
+    curve = model.survival.survival_function(rows.survival, np.concatenate([grid, months]))
     surv, monthly = curve[:, :grid.size], curve[:, grid.size:]
     out = {"churn_probability": prob, "risk_tier": risk_tier(prob, model.tiers)}
     for d in SURVIVAL_DAYS:
@@ -84,15 +114,15 @@ def _scores(model: ChurnModel, checked: pd.DataFrame, num_threads: int | None
     return out
 
 
-def score_frame(model: ChurnModel, frame: pd.DataFrame, num_threads: int | None = None
-                ) -> pd.DataFrame:
+def score_frame(model: ChurnModel, frame: pd.DataFrame | Prepared,
+                num_threads: int | None = None) -> pd.DataFrame:
     """Scores for feature rows as flat columns (one row per input row, same order).
 
     Columns: churn_probability, risk_tier, survival_30/90/180/365,
     expected_remaining_days, expected_ltv. Raises FeatureInputError on bad input.
     """
-    checked = check_features(model, frame)
-    return pd.DataFrame(_scores(model, checked, num_threads), index=frame.index)
+    rows = prepare(model, frame)
+    return pd.DataFrame(_scores(model, rows, num_threads), index=rows.frame.index)
 
 
 def _clean(value):
@@ -104,17 +134,19 @@ def _clean(value):
     return value
 
 
-def score_records(model: ChurnModel, frame: pd.DataFrame, as_of: Iterable | None = None,
-                  with_drivers: bool = True, num_threads: int | None = None) -> list[dict]:
+def score_records(model: ChurnModel, frame: pd.DataFrame | Prepared,
+                  as_of: Iterable | None = None, with_drivers: bool = True,
+                  num_threads: int | None = None) -> list[dict]:
     """Score records (DESIGN.md) for feature rows with customer_id and cutoff columns.
 
-    as_of defaults to each row's `cutoff`. Drivers come from TreeSHAP contributions of
-    the risk model, grouped and mapped to playbooks.
+    frame: the rows, or `prepare`d rows. as_of defaults to each row's `cutoff`. Drivers
+    come from TreeSHAP contributions of the risk model, grouped and mapped to playbooks.
     """
-    checked = check_features(model, frame)
-    scores = _scores(model, checked, num_threads)
+    rows = prepare(model, frame)
+    checked = rows.frame
+    scores = _scores(model, rows, num_threads)
     if with_drivers:
-        contrib = model.risk.contributions(checked, num_threads=num_threads)
+        contrib = model.risk.contributions(rows.risk, num_threads=num_threads)
         drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n)
     else:
         drivers = [[] for _ in range(len(checked))]

@@ -34,7 +34,7 @@ from bentoml.validators import ContentType
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator
 
 from churnlens.settings import ServingSettings
-from serving.core import FeatureInputError, check_features, score_records
+from serving.core import FeatureInputError, Prepared, check_features, prepare, score_records
 
 ENV_MODEL_URI = "CHURNLENS_MODEL_URI"
 ENV_SNAPSHOT = "CHURNLENS_SNAPSHOT"
@@ -276,6 +276,8 @@ class ChurnService:
         self.model_uri = os.environ.get(ENV_MODEL_URI) or DEFAULT_MODEL_URI
         self.model = load_model(self.model_uri)  # resolves an alias to its version
         self.snapshot = _read_snapshot(os.environ.get(ENV_SNAPSHOT), self.model)
+        # Encoded once for both models: a call picks its rows without pandas work.
+        self.prepared = prepare(self.model, self.snapshot)
         self.position = {cid: i for i, cid in enumerate(self.snapshot["customer_id"])}
         self.max_page_size = int(os.environ.get(ENV_MAX_PAGE_SIZE)
                                  or ServingSettings().max_page_size)
@@ -324,7 +326,7 @@ class ChurnService:
     @bentoml.api
     def what_if(self, request: WhatIfRequest, /) -> WhatIf:
         """Score a snapshot customer as is and with some feature values changed."""
-        before = self._rows([request.customer_id], "customer_id")
+        before = self._rows([request.customer_id], "customer_id").frame
         for name, value in request.changes.items():
             self._check_value(f"changes.{name}", name, value)
         after = before.assign(**request.changes)
@@ -351,12 +353,12 @@ class ChurnService:
                               customers=len(self.snapshot)),
             max_page_size=self.max_page_size)
 
-    def _rows(self, ids: list[str], field: str) -> pd.DataFrame:
+    def _rows(self, ids: list[str], field: str) -> Prepared:
         """Snapshot rows of IDS, in order; UnknownCustomer names the ids not found."""
         unknown = [i for i in ids if i not in self.position]
         if unknown:
             raise UnknownCustomer(unknown, field)
-        return self.snapshot.iloc[[self.position[i] for i in ids]]
+        return self.prepared.take([self.position[i] for i in ids])
 
     def _explicit_rows(self, rows: list[FeatureRow]) -> pd.DataFrame:
         """Feature rows as a frame the scoring core takes; FieldError names what is wrong."""
@@ -395,7 +397,7 @@ class ChurnService:
                                    or (levels is not None and value not in levels)):
             raise FieldError(field, f"must be one of {levels} or null, got {value!r}")
 
-    def _score(self, frame: pd.DataFrame, with_drivers: bool) -> list[dict]:
+    def _score(self, frame: pd.DataFrame | Prepared, with_drivers: bool) -> list[dict]:
         threads = 1 if len(frame) < SMALL_BATCH else None
         return score_records(self.model, frame, with_drivers=with_drivers, num_threads=threads)
 

@@ -152,8 +152,12 @@ class _ParametricAFT:
         self.shape_ = float(np.exp(params.loc[(shape, "Intercept")]))
         return self
 
-    def survival(self, frame: pd.DataFrame, days: np.ndarray) -> np.ndarray:
-        scale = np.exp(self.design_.transform(frame) @ self.coef_ + self.intercept_)
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.design_.transform(frame)
+
+    def survival(self, rows: pd.DataFrame | np.ndarray, days: np.ndarray) -> np.ndarray:
+        x = _encoded(self, rows, len(self.design_.columns_))
+        scale = np.exp(x @ self.coef_ + self.intercept_)
         z = (days[None, :] / scale[:, None]) ** self.shape_
         return np.exp(-z) if self.kind == "weibull_aft" else 1.0 / (1.0 + z)
 
@@ -182,7 +186,7 @@ class _DiscreteHazard:
     def __init__(self, seed: int):
         self.seed = seed
 
-    def _matrix(self, frame: pd.DataFrame) -> np.ndarray:
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
         cols = [_columns(frame, self.numeric_, np.float32)]
         for name, levels in self.levels_.items():
             codes = levels.get_indexer(frame[name].to_numpy(dtype=object))
@@ -202,7 +206,7 @@ class _DiscreteHazard:
         self.levels_ = {f.name: pd.Index(frame[f.name].astype(object).dropna().unique())
                         for f in features if f.kind == "category"}
         self.clocks_ = [(j, _CLOCKS[n]) for j, n in enumerate(self.numeric_) if n in _CLOCKS]
-        x = self._matrix(frame)
+        x = self.encode(frame)
         rows, k, y, w = _person_periods(d, e, rng)
         # Early stopping on 20% of customers held out of the training rows (not the
         # validation slice, which must stay unseen to compare the candidates fairly).
@@ -226,9 +230,9 @@ class _DiscreteHazard:
                                   callbacks=[lgb.early_stopping(50, verbose=False)])
         return self
 
-    def hazards(self, frame: pd.DataFrame) -> np.ndarray:
+    def hazards(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Hazard of each row in each of the N_INTERVALS intervals, shape (rows, N_INTERVALS)."""
-        x = self._matrix(frame)
+        x = _encoded(self, rows, len(self.numeric_) + len(self.levels_))
         rows = np.repeat(np.arange(len(x)), N_INTERVALS)
         k = np.tile(np.arange(N_INTERVALS), len(x))
         # One thread: for an online page of rows, OpenMP start-up costs more than the trees
@@ -236,13 +240,23 @@ class _DiscreteHazard:
         h = self.booster_.predict(self._expand(x, rows, k), num_threads=1)
         return np.clip(h.reshape(len(x), N_INTERVALS), 1e-6, 1 - 1e-6)
 
-    def survival(self, frame: pd.DataFrame, days: np.ndarray) -> np.ndarray:
-        h = self.hazards(frame)
+    def survival(self, rows: pd.DataFrame | np.ndarray, days: np.ndarray) -> np.ndarray:
+        h = self.hazards(rows)
         step = np.log1p(-np.hstack([h, _tail_hazard(h)[:, None]]))
         cum = np.hstack([np.zeros((len(h), 1)), np.cumsum(step[:, :-1], axis=1)])
         k = np.minimum(days // INTERVAL_DAYS, N_INTERVALS).astype(int)
         frac = (days - k * INTERVAL_DAYS) / INTERVAL_DAYS
         return np.exp(cum[:, k] + frac[None, :] * step[:, k])
+
+
+def _encoded(candidate, rows: pd.DataFrame | np.ndarray, width: int) -> np.ndarray:
+    """ROWS as CANDIDATE's input matrix: encoded here from a frame, or checked if given."""
+    if not isinstance(rows, np.ndarray):
+        return candidate.encode(rows)
+    if rows.ndim != 2 or rows.shape[1] != width:
+        raise ValueError(f"an encoded matrix needs shape (rows, {width}); got {rows.shape} "
+                         "(build it with SurvivalModel.encode)")
+    return rows
 
 
 def _tail_hazard(h: np.ndarray) -> np.ndarray:
@@ -310,18 +324,34 @@ class SurvivalModel:
         self.model_ = fitted[self.chosen_]
         return self
 
-    def survival_function(self, frame: pd.DataFrame, days: Sequence[float]) -> np.ndarray:
-        """S(days) for each row of FRAME: array (rows, len(days)) in [0, 1], non-increasing.
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """FRAME as the chosen model's input matrix; `survival_function` takes it instead of
+        the frame, so rows scored often (a server's snapshot) are encoded once.
 
-        Raises NotFittedError before `fit`, ValueError for negative or non-finite days or
-        missing feature columns.
+        Raises NotFittedError before `fit`, ValueError for missing feature columns.
         """
+        self._check_fitted()
+        _check_features(frame, self.features, "scored")
+        return self.model_.encode(frame)
+
+    def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise NotFittedError("SurvivalModel is not fitted yet; call fit(train, validation)")
+
+    def survival_function(self, frame: pd.DataFrame | np.ndarray, days: Sequence[float]
+                          ) -> np.ndarray:
+        """S(days) for each row of FRAME: array (rows, len(days)) in [0, 1], non-increasing.
+
+        frame: feature rows, or their `encode`d matrix. Raises NotFittedError before `fit`,
+        ValueError for negative or non-finite days, missing feature columns or a matrix of
+        the wrong width.
+        """
+        self._check_fitted()
         t = np.asarray(days, dtype=float).ravel()
         if t.size == 0 or not np.isfinite(t).all() or (t < 0).any():
             raise ValueError(f"days must be a non-empty sequence of finite days >= 0, got {days}")
-        _check_features(frame, self.features, "scored")
+        if not isinstance(frame, np.ndarray):
+            _check_features(frame, self.features, "scored")
         return np.clip(self.model_.survival(frame, t), 0.0, 1.0)
 
     def survival_at(self, frame: pd.DataFrame) -> pd.DataFrame:

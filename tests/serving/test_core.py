@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.core import FeatureInputError, check_features, score_frame, score_records
+from serving.core import (
+    FeatureInputError,
+    check_features,
+    prepare,
+    score_frame,
+    score_records,
+)
 from training.tracking import load_bundle
 
 
@@ -69,3 +75,21 @@ def test_records_follow_the_input_order_and_carry_the_model(model_and_rows):
     assert [r["churn_probability"] for r in records] == flat["churn_probability"].tolist()
     assert all(r["model"]["name"] == model.info["name"] for r in records)
     assert all(len(r["drivers"]) <= model.top_n for r in records)
+
+
+def test_prepared_rows_score_as_the_frame_does(model_and_rows):
+    model, rows = model_and_rows
+    prepared = prepare(model, rows)
+    assert score_records(model, prepared) == score_records(model, rows)
+    picked = score_records(model, prepared.take([7, 2, 7]))
+    assert picked == score_records(model, rows.iloc[[7, 2, 7]])
+
+
+def test_a_matrix_of_the_wrong_width_is_refused(model_and_rows):
+    model, rows = model_and_rows
+    prepared = prepare(model, rows)
+    with pytest.raises(ValueError, match=r"encoded matrix needs shape \(rows, \d+\); got "
+                                         r"\(50, 3\) \(build it with RiskModel.encode\)"):
+        model.risk.predict_proba(prepared.risk[:, :3])
+    with pytest.raises(ValueError, match=r"build it with SurvivalModel.encode"):
+        model.survival.survival_function(prepared.survival[:, 1:], [30.0])
