@@ -127,10 +127,11 @@ def job_run(source: Path, out: Path, env: dict, engine: str) -> dict:
 
 def score_snapshot(snapshot: Path) -> dict:
     """In this process: scoring throughput on SNAPSHOT_ROWS feature rows held in memory."""
+    import numpy as np
     import pandas as pd
 
     from serving.batch import load_model, records_table
-    from serving.core import check_features, score_frame, score_records
+    from serving.core import prepare, score_frame, score_records
 
     model = load_model("models:/churnlens@champion")
     snap = pd.read_parquet(snapshot)
@@ -138,14 +139,14 @@ def score_snapshot(snapshot: Path) -> dict:
     extra["customer_id"] = [f"X{i:07d}" for i in range(len(extra))]
     frame = pd.concat([snap, extra], ignore_index=True)
     score_records(model, frame.head(1000))  # warm-up: first calls load code and caches
-    checked = check_features(model, frame)
+    prepared = prepare(model, frame)
     timings = {}
     for name, fn in [
+        ("prepare (check and encode)", lambda: prepare(model, frame)),
         ("score_frame", lambda: score_frame(model, frame)),
-        ("risk_contributions", lambda: model.risk.contributions(checked)),
-        ("survival_curve_x3", lambda: (model.survival.survival_at(checked),
-                                       model.survival.expected_remaining_days(checked),
-                                       model.expected_ltv(checked))),
+        ("risk_contributions", lambda: model.risk.contributions(prepared.risk)),
+        ("survival_curve", lambda: model.survival.survival_function(
+            prepared.survival, np.arange(0.0, 3651.0, 5.0))),
         ("score_records", lambda: score_records(model, frame)),
         ("score_records+table", lambda: records_table(score_records(model, frame))),
     ]:

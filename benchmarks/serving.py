@@ -58,27 +58,38 @@ def load_main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     ids = json.loads(Path(args.ids).read_text())
     # A file, not stdout: a soak's latencies overflow a pipe the parent reads only at the end.
-    Path(args.out).write_text(json.dumps(asyncio.run(_drive(args, ids))))
+    import resource
+
+    result = asyncio.run(_drive(args, ids))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["client_cpu_s"] = usage.ru_utime + usage.ru_stime  # the load process's own CPU
+    Path(args.out).write_text(json.dumps(result))
 
 
 async def _drive(args, ids: list[str]) -> dict:
     import asyncio
 
-    import httpx
+    # The load process shares the machine's 2 cores with the server it measures, so its own
+    # CPU per call is reported with each scenario (client_cpu_ms_per_call).
+    import aiohttp
 
-    state = {"latencies": [], "failed": 0, "errors": [], "next": 0}
-    limits = httpx.Limits(max_connections=max(args.concurrency, 64))
-    async with httpx.AsyncClient(base_url=args.url, timeout=60, limits=limits) as client:
+    state = {"latencies": [], "failed": 0, "errors": [], "next": 0, "calls": 0}
+    connector = aiohttp.TCPConnector(limit=max(args.concurrency, 64))
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(args.url, connector=connector, timeout=timeout) as client:
         start = time.perf_counter()
         measure_from, stop = start + args.warmup, start + args.warmup + args.seconds
 
         async def call() -> None:
             body = _body(ids, state, args.page)
+            state["calls"] += 1
             t0 = time.perf_counter()
             try:
                 route = "/score_page" if args.page else "/score_customer"
-                ok = (await client.post(route, json=body)).status_code == 200
-            except httpx.HTTPError as exc:
+                async with client.post(route, json=body) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 ok = False
                 state["errors"].append(type(exc).__name__)
             if t0 >= measure_from:
@@ -99,7 +110,8 @@ async def _drive(args, ids: list[str]) -> dict:
             await asyncio.gather(*(client_loop() for _ in range(args.concurrency)))
         elapsed = time.perf_counter() - measure_from
     return {"latencies": state["latencies"], "failed": state["failed"],
-            "errors": sorted(set(state["errors"]))[:5], "seconds": elapsed}
+            "errors": sorted(set(state["errors"]))[:5], "seconds": elapsed,
+            "total_calls": state["calls"]}
 
 
 def _body(ids: list[str], state: dict, page: int) -> dict:
@@ -201,7 +213,9 @@ def summarise(name: str, result: dict, page: int, concurrency: int) -> dict:
             "seconds": round(result["seconds"], 1), "calls_per_s": round(rps, 1),
             "customers_per_s": round(rps * max(page, 1), 1),
             "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
-            "peak_rss_mb": round(max(m for _, m in result["memory"]) / 2**20, 1)}
+            "peak_rss_mb": round(max(m for _, m in result["memory"]) / 2**20, 1),
+            "client_cpu_ms_per_call": round(1000 * result.get("client_cpu_s", 0)
+                                            / max(1, result.get("total_calls", calls)), 2)}
 
 
 def soak_figures(result: dict, warmup_s: float) -> dict:
@@ -246,13 +260,13 @@ def markdown(report: dict) -> str:
              f"snapshot; {report['workers']} server worker(s), ready in "
              f"{report['ready_s']:.1f} s.", "",
              "| scenario | clients | customers/call | calls | failed | calls/s | customers/s "
-             "| p50 ms | p95 ms | p99 ms | server RSS peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| p50 ms | p95 ms | p99 ms | server RSS peak MB | client CPU ms/call |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["scenarios"]:
         lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['customers_per_call']} | "
                      f"{r['calls']} | {r['failed']} | {r['calls_per_s']} | "
                      f"{r['customers_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-                     f"{r['peak_rss_mb']} |")
+                     f"{r['peak_rss_mb']} | {r.get('client_cpu_ms_per_call', '')} |")
     lines += ["", f"Peak server memory over the run: {report['peak_rss_mb']} MB."]
     soak = report.get("soak")
     if soak:
