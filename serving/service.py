@@ -35,6 +35,7 @@ from bentoml.validators import ContentType
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator
 
 from churnlens.settings import ServingSettings
+from serving.batching import MicroBatcher
 from serving.core import FeatureInputError, Prepared, check_features, prepare, score_records
 
 ENV_MODEL_URI = "CHURNLENS_MODEL_URI"
@@ -43,10 +44,16 @@ ENV_API_KEY = "CHURNLENS_API_KEY"
 ENV_MAX_PAGE_SIZE = "CHURNLENS_MAX_PAGE_SIZE"
 DEFAULT_MODEL_URI = "models:/churnlens@champion"
 MAX_PER_CALL = 100  # customers in one /score_customer call; pages go to /score_page
+MAX_BATCH = 256  # customers scored together when concurrent /score_customer calls merge
 SMALL_BATCH = 256  # fewer rows: one LightGBM thread (OpenMP start-up costs more than it saves)
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
 
 logger = logging.getLogger("bentoml.churnlens")
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="churnlens_score_customer_batch_size",
+    documentation="customers scored together in one /score_customer batch (concurrent calls "
+                  "merged by adaptive batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 CustomerId = Annotated[str, Field(min_length=1, max_length=128,
                                   description="customer id, as in the data source",
@@ -279,6 +286,8 @@ class ChurnService:
         self.snapshot = _read_snapshot(os.environ.get(ENV_SNAPSHOT), self.model)
         # Encoded once for both models: a call picks its rows without pandas work.
         self.prepared = prepare(self.model, self.snapshot)
+        self.batcher = MicroBatcher(self._score_customers, max_items=MAX_BATCH,
+                                    on_batch=BATCH_SIZE.observe)
         self.position = {cid: i for i, cid in enumerate(self.snapshot["customer_id"])}
         self.max_page_size = int(os.environ.get(ENV_MAX_PAGE_SIZE)
                                  or ServingSettings().max_page_size)
@@ -296,13 +305,16 @@ class ChurnService:
     def __is_ready__(self) -> bool:
         return _Snapshot.ids is not None and self.model is not None
 
-    @bentoml.api(batchable=True, input_spec=CustomerBatch, max_batch_size=256,
-                 max_latency_ms=30_000)
-    def score_customer(self, customers: list[CustomerRequest]) -> ScoreRecords:
+    @bentoml.api(input_spec=CustomerBatch)
+    async def score_customer(self, customers: list[CustomerRequest]) -> ScoreRecords:
         """Score snapshot customers by id: {"customers": [{"customer_id": "..."}]}.
 
         Concurrent calls are batched together (adaptive batching). Unknown ids get 404.
         """
+        return await self.batcher.submit(customers)
+
+    def _score_customers(self, customers: list[CustomerRequest]) -> list[dict]:
+        """Records of snapshot customers (the merged calls of one batch), in order."""
         records: list[dict | None] = [None] * len(customers)
         for drivers in (True, False):
             picked = [i for i, c in enumerate(customers) if c.with_drivers is drivers]

@@ -110,10 +110,13 @@ def test_concurrent_single_customer_calls_are_batched_and_each_gets_its_own(http
     with ThreadPoolExecutor(8) as pool:
         records = list(pool.map(one, wanted))
     assert [r["customer_id"] for r in records] == wanted
-    metrics = http.get("/metrics").text
-    sizes = [line for line in metrics.splitlines()
-             if "adaptive_batch_size_count" in line and "score_customer" in line]
-    assert sizes, "no adaptive batching metric for score_customer"
+    metrics = {line.split(" ")[0]: float(line.split(" ")[-1])
+               for line in http.get("/metrics").text.splitlines()
+               if line.startswith("churnlens_score_customer_batch_size_")}
+    # Every customer scored once, in at most as many batches as calls (fewer when merged).
+    assert metrics["churnlens_score_customer_batch_size_sum"] >= len(wanted)
+    assert 1 <= metrics["churnlens_score_customer_batch_size_count"] <= \
+        metrics["churnlens_score_customer_batch_size_sum"]
 
 
 def test_without_drivers_the_score_is_the_same_and_drivers_are_empty(http, snapshot):
