@@ -305,12 +305,15 @@ def psi(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def _numeric_drift(hist: dict, ref: dict) -> dict:
+def _numeric_drift(name: str, hist: dict, ref: dict) -> dict:
     counts = np.asarray(hist["counts"], float)
     total, missing = counts.sum(), hist["missing"]
     out = {"kind": "numeric", "missing_share": float(missing / max(total + missing, 1))}
     if "shares" in ref:
         expected = np.asarray(ref["shares"], float)
+        if len(expected) != len(counts):
+            raise BatchError(f"model.reference[{name!r}] has {len(expected)} bin shares for "
+                             f"{len(counts)} bins between {len(ref['edges'])} edges")
     elif len(ref["edges"]) == 11:
         expected = np.full(10, 0.1)  # ten distinct decile edges: a tenth of training each
     else:
@@ -350,7 +353,8 @@ def drift_report(stats: dict, reference: dict, threshold: float) -> dict:
         if hist is None:
             out["skipped"][name] = "not among the computed features"
             continue
-        d = _numeric_drift(hist, ref) if ref["kind"] == "numeric" else _category_drift(hist, ref)
+        d = (_numeric_drift(name, hist, ref) if ref["kind"] == "numeric"
+             else _category_drift(hist, ref))
         if "note" in d:
             out["skipped"][name] = d["note"]
         if name == SCORE_KEY:
