@@ -42,7 +42,7 @@ from features.contract import TABLES
 from features.loading import DataSet, load_source
 from features.queries import events_daily_sql, feature_sql
 from features.spine import build_spine, set_cutoffs
-from serving.core import SURVIVAL_DAYS, score_records
+from serving.core import SURVIVAL_DAYS, Scored, score_columns, score_records
 from training.bundle import ChurnModel
 
 MANIFEST_FORMAT = 1
@@ -102,6 +102,48 @@ def record_row(record: dict) -> dict:
 def records_table(records: list[dict]) -> pa.Table:
     """Score records as an Arrow table with RECORD_SCHEMA."""
     return pa.Table.from_pylist([record_row(r) for r in records], schema=RECORD_SCHEMA)
+
+
+def score_table(model: ChurnModel, frame: pd.DataFrame) -> pa.Table:
+    """FRAME's score records as an Arrow table with RECORD_SCHEMA, equal to
+    ``records_table(score_records(model, frame))`` but built from columns, without a dict
+    per record (a third of the scoring time on large chunks). Scored in slices of
+    SCORE_ROWS: the survival curves of a slice take ~6 kB a row."""
+    tables = [_columns_table(model, score_columns(model, frame.iloc[i:i + SCORE_ROWS]))
+              for i in range(0, len(frame), SCORE_ROWS)]
+    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+
+
+def _columns_table(model: ChurnModel, c: Scored) -> pa.Table:
+    n, sc = len(c.customer_id), c.scores
+    ref = {k: None if v is None else str(v) for k, v in model.info_ref.items()}
+    model_type, surv_type = RECORD_SCHEMA.field("model").type, RECORD_SCHEMA.field("survival").type
+    offsets, flat = [0], []
+    for row in c.drivers:
+        for d in row:
+            v = d["value"]
+            flat.append({**d, "value": None if isinstance(v, str) else v,
+                         "category": v if isinstance(v, str) else None})
+        offsets.append(len(flat))
+    days = {s: date.fromisoformat(s) for s in set(c.as_of)}
+    columns = {
+        "customer_id": pa.array(c.customer_id, pa.string()),
+        "as_of": pa.array([days[s] for s in c.as_of], pa.date32()),
+        "model": pa.array([ref] * n, model_type),
+        "churn_probability": pa.array(sc["churn_probability"], pa.float64()),
+        "horizon_days": pa.array(np.full(n, model.horizon_days), pa.int32()),
+        "risk_tier": pa.array(sc["risk_tier"].tolist(), pa.string()),
+        "lifecycle_stage": pa.array(c.lifecycle_stage, pa.string()),
+        "survival": pa.StructArray.from_arrays(
+            [pa.array(sc[f"survival_{d}"], pa.float64()) for d in SURVIVAL_DAYS],
+            fields=list(surv_type)),
+        "expected_remaining_days": pa.array(sc["expected_remaining_days"], pa.float64()),
+        "expected_ltv": pa.array(sc["expected_ltv"], pa.float64()),
+        "currency": pa.array([model.currency] * n, pa.string()),
+        "drivers": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                            pa.array(flat, _DRIVER)),
+    }
+    return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
 
 
 def table_records(table: pa.Table) -> list[dict]:
@@ -450,11 +492,7 @@ class LocalEngine:
 
     def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
         frame = self.features(chunk)
-        # Scored in slices: the survival curves of a slice take ~18 kB a row, so a whole
-        # 50k chunk at once would need ~1 GB more than the chunk's features do.
-        tables = [records_table(score_records(self.model, frame.iloc[i:i + SCORE_ROWS]))
-                  for i in range(0, len(frame), SCORE_ROWS)]
-        return pa.concat_tables(tables), frame
+        return score_table(self.model, frame), frame
 
     def close(self) -> None:
         """Drop the chunk tables; the DataSet itself belongs to the caller."""

@@ -134,6 +134,39 @@ def _clean(value):
     return value
 
 
+@dataclass(frozen=True)
+class Scored:
+    """Score records as columns: what `score_records` turns into one dict per row, and the
+    batch scorer into Arrow columns without building the dicts."""
+
+    customer_id: list[str]
+    as_of: list[str]  # YYYY-MM-DD
+    lifecycle_stage: list
+    scores: dict[str, np.ndarray]  # the columns of `score_frame`
+    drivers: list[list[dict]]  # per row, JSON-friendly values
+
+
+def score_columns(model: ChurnModel, frame: pd.DataFrame | Prepared,
+                  as_of: Iterable | None = None, with_drivers: bool = True,
+                  num_threads: int | None = None) -> Scored:
+    """The parts of the score records of FRAME's rows, as columns (see `score_records`)."""
+    rows = prepare(model, frame)
+    checked = rows.frame
+    scores = _scores(model, rows, num_threads)
+    if with_drivers:
+        contrib = model.risk.contributions(rows.risk, num_threads=num_threads)
+        drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n)
+        drivers = [[{k: _clean(v) for k, v in d.items()} for d in row] for row in drivers]
+    else:
+        drivers = [[] for _ in range(len(checked))]
+    as_of = list(as_of) if as_of is not None else list(checked["cutoff"])
+    days = _DateStrings()
+    return Scored(customer_id=[str(v) for v in checked["customer_id"].tolist()],
+                  as_of=[days(v) for v in as_of],
+                  lifecycle_stage=[_clean(v) for v in checked["lifecycle_stage"].tolist()],
+                  scores=scores, drivers=drivers)
+
+
 def score_records(model: ChurnModel, frame: pd.DataFrame | Prepared,
                   as_of: Iterable | None = None, with_drivers: bool = True,
                   num_threads: int | None = None) -> list[dict]:
@@ -142,38 +175,29 @@ def score_records(model: ChurnModel, frame: pd.DataFrame | Prepared,
     frame: the rows, or `prepare`d rows. as_of defaults to each row's `cutoff`. Drivers
     come from TreeSHAP contributions of the risk model, grouped and mapped to playbooks.
     """
-    rows = prepare(model, frame)
-    checked = rows.frame
-    scores = _scores(model, rows, num_threads)
-    if with_drivers:
-        contrib = model.risk.contributions(rows.risk, num_threads=num_threads)
-        drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n)
-    else:
-        drivers = [[] for _ in range(len(checked))]
-    as_of = list(as_of) if as_of is not None else list(checked["cutoff"])
+    c = score_columns(model, frame, as_of, with_drivers, num_threads)
+    scores = c.scores
     # Columns are converted to Python values once, not per row: a per-row iterrows/at
     # loop cost more than the models themselves on large batches.
-    ids = [str(v) for v in checked["customer_id"].tolist()]
-    stages = [_clean(v) for v in checked["lifecycle_stage"].tolist()]
     prob, tier = scores["churn_probability"].tolist(), scores["risk_tier"].tolist()
     surv = [scores[f"survival_{d}"].tolist() for d in SURVIVAL_DAYS]
     remaining = scores["expected_remaining_days"].tolist()
     ltv = scores["expected_ltv"].tolist()
-    ref, days = model.info_ref, _DateStrings()
+    ref = model.info_ref
     return [{
-        "customer_id": ids[i],
-        "as_of": days(as_of[i]),
+        "customer_id": c.customer_id[i],
+        "as_of": c.as_of[i],
         "model": dict(ref),
         "churn_probability": prob[i],
         "horizon_days": model.horizon_days,
         "risk_tier": tier[i],
-        "lifecycle_stage": stages[i],
+        "lifecycle_stage": c.lifecycle_stage[i],
         "survival": {d: s[i] for d, s in zip(SURVIVAL_DAYS, surv, strict=True)},
         "expected_remaining_days": remaining[i],
         "expected_ltv": ltv[i],
         "currency": model.currency,
-        "drivers": [{k: _clean(v) for k, v in d.items()} for d in drivers[i]],
-    } for i in range(len(ids))]
+        "drivers": c.drivers[i],
+    } for i in range(len(c.customer_id))]
 
 
 class _DateStrings:

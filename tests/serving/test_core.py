@@ -93,3 +93,24 @@ def test_a_matrix_of_the_wrong_width_is_refused(model_and_rows):
         model.risk.predict_proba(prepared.risk[:, :3])
     with pytest.raises(ValueError, match=r"build it with SurvivalModel.encode"):
         model.survival.survival_function(prepared.survival[:, 1:], [30.0])
+
+
+def test_the_batch_table_equals_the_records_table(model_and_rows):
+    from serving.batch import records_table, score_table
+
+    model, rows = model_and_rows
+    model.info = {**model.info, "version": "3", "name": "churnlens", "run_id": "r1"}
+    rows = rows.copy()
+    rows.loc[4, "lifecycle_stage"] = None  # a missing stage stays null in both
+    rows.loc[5, ["mrr", "paid_amount_90d"]] = np.nan  # unknown LTV stays NaN in both
+    expected = records_table(score_records(model, rows))
+    table = score_table(model, rows)
+    assert table.schema.equals(expected.schema)
+    assert table.column_names == expected.column_names
+    for name in expected.column_names:
+        if name == "expected_ltv":  # holds NaN, which Arrow's equals never counts as equal
+            np.testing.assert_array_equal(table[name].to_numpy(), expected[name].to_numpy())
+            assert np.isnan(table[name].to_numpy()[5])
+        else:
+            assert table[name].equals(expected[name]), name
+    assert score_table(model, rows.iloc[:0]).num_rows == 0
