@@ -155,14 +155,12 @@ def score_columns(model: ChurnModel, frame: pd.DataFrame | Prepared,
     scores = _scores(model, rows, num_threads)
     if with_drivers:
         contrib = model.risk.contributions(rows.risk, num_threads=num_threads)
+        # JSON-friendly already: explain gives str, float or None values.
         drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n)
-        drivers = [[{k: _clean(v) for k, v in d.items()} for d in row] for row in drivers]
     else:
         drivers = [[] for _ in range(len(checked))]
-    as_of = list(as_of) if as_of is not None else list(checked["cutoff"])
-    days = _DateStrings()
     return Scored(customer_id=[str(v) for v in checked["customer_id"].tolist()],
-                  as_of=[days(v) for v in as_of],
+                  as_of=_dates(checked["cutoff"] if as_of is None else list(as_of)),
                   lifecycle_stage=[_clean(v) for v in checked["lifecycle_stage"].tolist()],
                   scores=scores, drivers=drivers)
 
@@ -198,6 +196,17 @@ def score_records(model: ChurnModel, frame: pd.DataFrame | Prepared,
         "currency": model.currency,
         "drivers": c.drivers[i],
     } for i in range(len(c.customer_id))]
+
+
+def _dates(values) -> list[str]:
+    """YYYY-MM-DD of each date-like value; each distinct value converted once (a batch
+    shares one as-of date, and iterating 10,000 Timestamps cost more than the lookup)."""
+    days = _DateStrings()
+    if isinstance(values, pd.Series) and not values.isna().any():
+        codes, uniques = pd.factorize(values)
+        strings = [days(u) for u in uniques]
+        return [strings[c] for c in codes]
+    return [days(v) for v in values]
 
 
 class _DateStrings:

@@ -249,7 +249,12 @@ class _DiscreteHazard:
         cum = np.hstack([np.zeros((len(h), 1)), np.cumsum(step[:, :-1], axis=1)])
         k = np.minimum(days // INTERVAL_DAYS, N_INTERVALS).astype(int)
         frac = (days - k * INTERVAL_DAYS) / INTERVAL_DAYS
-        return np.exp(cum[:, k] + frac[None, :] * step[:, k])
+        # exp(cum + frac * step) in place: on a batch's (rows, ~750 days) grid the
+        # temporaries cost more than the arithmetic.
+        out = step[:, k]
+        out *= frac[None, :]
+        out += cum[:, k]
+        return np.exp(out, out=out)
 
 
 def _encoded(candidate, rows: pd.DataFrame | np.ndarray, width: int) -> np.ndarray:
