@@ -738,7 +738,28 @@ def _score_chunks(engine, chunks: list[Chunk], parts: Path, reference: dict,
             pq.write_table(records, tmp)
             tmp.replace(parts / f"{chunk.part}.parquet")
             bar.update(chunk.count)
+            del records, features
+            _release_free_memory()
     return len(done)
+
+
+def _release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system between chunks (glibc only).
+
+    Each chunk frees its features and records, but glibc keeps the freed pages and the next
+    chunk's allocations land beside them; without this the 1M-customer job's RSS crept from
+    ~1.4 to ~2.0 GiB over its chunks.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass  # not glibc (macOS, musl): nothing to trim
 
 
 def _combine(chunks: list[Chunk], parts: Path, out: Path, manifest: dict) -> None:
