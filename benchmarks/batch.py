@@ -133,6 +133,7 @@ def score_snapshot(snapshot: Path) -> dict:
 
     from serving.batch import load_model, score_table
     from serving.core import prepare, score_frame, score_records
+    from training.ltv import monthly_grid
 
     model = load_model("models:/churnlens@champion")
     snap = pd.read_parquet(snapshot)
@@ -141,13 +142,14 @@ def score_snapshot(snapshot: Path) -> dict:
     frame = pd.concat([snap, extra], ignore_index=True)
     score_records(model, frame.head(1000))  # warm-up: first calls load code and caches
     prepared = prepare(model, frame)
+    days = np.concatenate([[30.0, 90.0, 180.0, 365.0], monthly_grid(model.ltv.horizon_days)])
     timings = {}
     for name, fn in [
         ("prepare (check and encode)", lambda: prepare(model, frame)),
         ("score_frame", lambda: score_frame(model, frame)),
         ("risk_contributions", lambda: model.risk.contributions(prepared.risk)),
-        ("survival_curve", lambda: model.survival.survival_function(
-            prepared.survival, np.arange(0.0, 3651.0, 5.0))),
+        ("survival (4 points, 12 months, remaining days)",
+         lambda: model.survival.survival_and_remaining(prepared.survival, days)),
         ("score_records", lambda: score_records(model, frame)),
         ("score_table (the local engine's step)", lambda: score_table(model, frame)),
     ]:

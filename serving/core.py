@@ -16,7 +16,6 @@ import pandas as pd
 from training.bundle import ChurnModel
 from training.drivers import explain, risk_tier
 from training.ltv import expected_ltv, monthly_grid, monthly_revenue
-from training.survival import remaining_grid
 
 SURVIVAL_DAYS = ("30", "90", "180", "365")
 
@@ -98,17 +97,18 @@ def prepare(model: ChurnModel, frame: pd.DataFrame | Prepared) -> Prepared:
 
 def _scores(model: ChurnModel, rows: Prepared, num_threads: int | None
             ) -> dict[str, np.ndarray]:
-    """The score columns of prepared rows; the survival curve is computed once."""
+    """The score columns of prepared rows; the survival model predicts once."""
     checked = rows.frame
     prob = model.risk.predict_proba(rows.risk, num_threads=num_threads)
-    grid = remaining_grid()
+    days = np.array([float(d) for d in SURVIVAL_DAYS])
     months = monthly_grid(model.ltv.horizon_days)
-    curve = model.survival.survival_function(rows.survival, np.concatenate([grid, months]))
-    surv, monthly = curve[:, :grid.size], curve[:, grid.size:]
+    curve, remaining = model.survival.survival_and_remaining(rows.survival,
+                                                             np.concatenate([days, months]))
+    surv, monthly = curve[:, :days.size], curve[:, days.size:]
     out = {"churn_probability": prob, "risk_tier": risk_tier(prob, model.tiers)}
-    for d in SURVIVAL_DAYS:
-        out[f"survival_{d}"] = surv[:, int(np.searchsorted(grid, float(d)))]
-    out["expected_remaining_days"] = np.trapezoid(surv, grid, axis=1)
+    for j, d in enumerate(SURVIVAL_DAYS):
+        out[f"survival_{d}"] = surv[:, j]
+    out["expected_remaining_days"] = remaining
     out["expected_ltv"] = expected_ltv(monthly, monthly_revenue(checked),
                                        model.ltv.horizon_days, model.ltv.annual_discount_rate)
     return out

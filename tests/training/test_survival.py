@@ -111,6 +111,28 @@ def test_expected_remaining_days_is_finite_positive_and_capped(weibull, discrete
     assert weibull.expected_remaining_days(GRID_X)[1] == pytest.approx(true, rel=0.05)
 
 
+@pytest.mark.parametrize("cap_days", [3650.0, 365.0, 100.0, 17.5])
+def test_discrete_remaining_days_is_the_exact_area_under_its_curve(discrete, cap_days):
+    # The closed form per interval against the trapezoid rule on an ever finer grid: the
+    # gap shrinks with the square of the step, as it must if the closed form is the limit.
+    exact = discrete.expected_remaining_days(GRID_X, cap_days=cap_days)
+    gaps = []
+    for step in (2.5, 0.25):
+        grid = np.linspace(0.0, cap_days, int(round(cap_days / step)) + 1)
+        trap = np.trapezoid(discrete.survival_function(GRID_X, grid), grid, axis=1)
+        gaps.append(np.abs(trap - exact).max())
+    assert gaps[1] < 2e-3 and gaps[1] <= gaps[0] / 50 + 1e-9
+
+
+def test_survival_and_remaining_give_the_curve_with_the_area(weibull, discrete):
+    grid = np.linspace(0.0, 400.0, 1601)
+    for model in (weibull, discrete):
+        s, rest = model.survival_and_remaining(GRID_X, DAYS, cap_days=400)
+        np.testing.assert_allclose(s, model.survival_function(GRID_X, DAYS), rtol=0, atol=1e-12)
+        area = np.trapezoid(model.survival_function(GRID_X, grid), grid, axis=1)
+        np.testing.assert_allclose(rest, area, rtol=1e-3)
+
+
 def test_survival_at_columns_and_pickle_round_trip(discrete):
     table = discrete.survival_at(GRID_X.set_index(pd.Index([7, 8, 9])))
     assert table.columns.tolist() == ["30", "90", "180", "365"]
