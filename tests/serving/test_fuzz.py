@@ -86,7 +86,7 @@ def test_any_finite_feature_values_get_a_valid_record(http, snapshot_row):
     """Whatever numbers a client sends (negative, huge, tiny), the answer is a valid record."""
     from hypothesis import strategies as st
 
-    from serving.service import ScoreRecord
+    from serving.schemas import ScoreRecord
 
     customer_id, base, model = snapshot_row
     numeric = [f.name for f in model.features if f.kind == "numeric"]

@@ -300,7 +300,7 @@ def test_non_json_content_type_is_415(http):
 
 
 def test_error_bodies_never_carry_internals():
-    from serving.service import error_body
+    from serving.http import error_body
 
     leaked = b'{"error": "Traceback (most recent call last): KeyError: secret"}'
     assert error_body(500, leaked) == {"error": "internal error: the request was not scored; "
