@@ -131,8 +131,9 @@ def score_snapshot(snapshot: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from serving.batch import load_model, score_table
+    from serving.batch import load_model
     from serving.core import prepare, score_frame, score_records
+    from serving.records import score_table
     from training.ltv import monthly_grid
 
     model = load_model("models:/churnlens@champion")

@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
-    from serving.batch import BatchJob, drift_warning, run_batch, summary_lines
+    from serving.batch import BatchJob, run_batch
+    from serving.stats import drift_warning, summary_lines
     from training.tracking import configure
 
     if args.master and args.engine != "spark":

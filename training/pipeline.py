@@ -29,6 +29,7 @@ from training.evaluation import (
     evaluate_survival,
     oracle_probabilities,
 )
+from training.reference import reference_distributions
 from training.report import render
 from training.risk import RiskModel
 from training.split import Split, temporal_split
@@ -52,26 +53,13 @@ def fit_model(ff: FeatureFrame, split: Split, settings: Settings) -> ChurnModel:
     risk = RiskModel(ff.features, settings.training.lightgbm, seed)
     risk.fit(split.train, split.validation, split.calibration)
     survival = SurvivalModel(ff.features, seed=seed).fit(split.survival_train, split.validation)
+    reference = reference_distributions(split.train, ff.features, risk.predict_proba(split.test))
     return ChurnModel(
         features=ff.features, risk=risk, survival=survival,
         horizon_days=settings.horizon_days, ltv=settings.ltv, tiers=settings.tiers,
         playbooks=settings.playbooks, top_n=settings.drivers.top_n,
-        reference=reference_distributions(split.train, ff),
+        reference=reference,
     )
-
-
-def reference_distributions(train: pd.DataFrame, ff: FeatureFrame) -> dict:
-    """Decile edges of each numeric feature and shares of each category, for drift checks."""
-    ref = {}
-    for f in ff.features:
-        col = train[f.name]
-        if f.kind == "numeric":
-            edges = np.unique(np.nanquantile(col.to_numpy(float), np.linspace(0, 1, 11)))
-            ref[f.name] = {"kind": "numeric", "edges": edges.tolist()}
-        else:
-            shares = col.astype(object).fillna("<null>").value_counts(normalize=True)
-            ref[f.name] = {"kind": "category", "shares": shares.to_dict()}
-    return ref
 
 
 def evaluate(model: ChurnModel, ff: FeatureFrame, split: Split, source) -> Evaluation:

@@ -96,7 +96,7 @@ def test_a_matrix_of_the_wrong_width_is_refused(model_and_rows):
 
 
 def test_the_batch_table_equals_the_records_table(model_and_rows):
-    from serving.batch import records_table, score_table
+    from serving.records import records_table, score_table
 
     model, rows = model_and_rows
     model.info = {**model.info, "version": "3", "name": "churnlens", "run_id": "r1"}

@@ -1,0 +1,176 @@
+"""What a batch job learns from its chunks: the summary and the drift check.
+
+Each chunk's `chunk_stats` (tier counts, revenue at risk, top accounts, feature histograms
+on the training reference's bins) is saved beside its part, so a resumed job never re-reads
+finished chunks; `merge_stats` adds them up, `summary_lines` prints the summary and
+`drift_report` gives the population stability index of each feature and of the score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from training.reference import SCORE_KEY, bin_counts
+
+TOP_ACCOUNTS = 10
+_EPS = 1e-4  # share floor in PSI: an empty bin would otherwise give an infinite term
+
+
+def chunk_stats(features: pd.DataFrame, records: pa.Table, reference: dict) -> dict:
+    """What the summary and drift check need from one chunk (merged by `merge_stats`).
+
+    features: the chunk's feature rows (with customer_id and mrr); records: its scores.
+    Revenue at risk of a customer = churn probability x MRR x 12 (annual recurring revenue
+    expected to leave within the horizon).
+    """
+    scores = records.select(["customer_id", "churn_probability", "risk_tier"]).to_pandas()
+    mrr = features.set_index("customer_id")["mrr"].astype(float)
+    scores["arr"] = mrr.reindex(scores["customer_id"]).fillna(0.0).to_numpy() * 12
+    scores["at_risk"] = scores["churn_probability"] * scores["arr"]
+    tiers = scores.groupby("risk_tier")[["at_risk"]].agg(["size", "sum"])["at_risk"]
+    drivers = records.column("drivers").to_pylist()
+    scores["driver"] = [f"{d[0]['name']}: {d[0]['text']}" if d else "-" for d in drivers]
+    top = scores.sort_values(["churn_probability", "customer_id"], ascending=[False, True])
+    hist = {}
+    for name, ref in reference.items():
+        if name == SCORE_KEY:
+            hist[name] = bin_counts(scores["churn_probability"].to_numpy(float), ref)
+        elif name in features.columns:
+            col = features[name]
+            values = col.to_numpy(float) if ref["kind"] == "numeric" else col.to_numpy(object)
+            hist[name] = bin_counts(values, ref)
+    return {
+        "customers": len(scores),
+        "tiers": {t: {"customers": int(r["size"]), "revenue_at_risk": float(r["sum"])}
+                  for t, r in tiers.iterrows()},
+        "top": top.head(TOP_ACCOUNTS)[["customer_id", "churn_probability", "risk_tier",
+                                       "arr", "driver"]].to_dict("records"),
+        "histograms": hist,
+    }
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    """Chunk stats added up into the job's stats (same shape as one chunk's)."""
+    out: dict = {"customers": 0, "tiers": {}, "top": [], "histograms": {}}
+    for s in parts:
+        out["customers"] += s["customers"]
+        for t, r in s["tiers"].items():
+            acc = out["tiers"].setdefault(t, {"customers": 0, "revenue_at_risk": 0.0})
+            acc["customers"] += r["customers"]
+            acc["revenue_at_risk"] += r["revenue_at_risk"]
+        out["top"] = sorted(out["top"] + s["top"], key=lambda a: (-a["churn_probability"],
+                                                                  a["customer_id"]))[:TOP_ACCOUNTS]
+        for name, h in s["histograms"].items():
+            acc = out["histograms"].setdefault(name, {})
+            if "counts" in h:
+                prev = acc.get("counts", [0] * len(h["counts"]))
+                acc["counts"] = [a + b for a, b in zip(prev, h["counts"], strict=True)]
+                acc["missing"] = acc.get("missing", 0) + h["missing"]
+            else:
+                levels = acc.setdefault("levels", {})
+                for level, n in h["levels"].items():
+                    levels[level] = levels.get(level, 0) + n
+    return out
+
+
+def psi(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Population stability index of two share vectors over the same bins."""
+    a = np.clip(np.asarray(actual, float), _EPS, None)
+    e = np.clip(np.asarray(expected, float), _EPS, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _numeric_drift(name: str, hist: dict, ref: dict) -> dict:
+    counts = np.asarray(hist["counts"], float)
+    total, missing = counts.sum(), hist["missing"]
+    out = {"kind": "numeric", "missing_share": float(missing / max(total + missing, 1))}
+    if "shares" in ref:
+        expected = np.asarray(ref["shares"], float)
+        if len(expected) != len(counts):
+            raise ValueError(f"model.reference[{name!r}] has {len(expected)} bin shares for "
+                             f"{len(counts)} bins between {len(ref['edges'])} edges")
+    elif not ref["edges"]:
+        out["note"] = "no known value in training"
+        return out
+    elif len(ref["edges"]) == 11:
+        expected = np.full(10, 0.1)  # ten distinct decile edges: a tenth of training each
+    else:
+        out["note"] = (f"training deciles tie ({len(ref['edges']) - 1} distinct bins of 10) "
+                       "and the reference has no bin shares")
+        return out
+    if "missing" in ref:  # nulls as their own bin, when the reference knows their share
+        counts, expected = np.append(counts, missing), np.append(expected * (1 - ref["missing"]),
+                                                                 ref["missing"])
+    if counts.sum() == 0:
+        out["note"] = "no known value in this batch"
+        return out
+    out.update(psi=psi(counts / counts.sum(), expected), shares=(counts / counts.sum()).tolist(),
+               reference_shares=expected.tolist())
+    return out
+
+
+def _category_drift(hist: dict, ref: dict) -> dict:
+    levels = sorted(set(hist["levels"]) | set(ref["shares"]))
+    counts = np.array([hist["levels"].get(v, 0) for v in levels], float)
+    expected = np.array([ref["shares"].get(v, 0.0) for v in levels], float)
+    shares = counts / max(counts.sum(), 1)
+    return {"kind": "category", "psi": psi(shares, expected),
+            "shares": dict(zip(levels, shares.tolist(), strict=True)),
+            "reference_shares": dict(zip(levels, expected.tolist(), strict=True))}
+
+
+def drift_report(stats: dict, reference: dict, threshold: float) -> dict:
+    """PSI of each feature and of the score against the training reference.
+
+    Features whose reference cannot give bin shares, and the score when the reference has
+    no ``__score__`` entry, are listed under "skipped" with the reason.
+    """
+    out: dict = {"psi_threshold": threshold, "features": {}, "score": None, "skipped": {}}
+    for name, ref in reference.items():
+        hist = stats["histograms"].get(name)
+        if hist is None:
+            out["skipped"][name] = "not among the computed features"
+            continue
+        d = (_numeric_drift(name, hist, ref) if ref["kind"] == "numeric"
+             else _category_drift(hist, ref))
+        if "note" in d:
+            out["skipped"][name] = d["note"]
+        if name == SCORE_KEY:
+            out["score"] = d
+        else:
+            out["features"][name] = d
+    if SCORE_KEY not in reference:
+        out["skipped"][SCORE_KEY] = ("model.reference has no '__score__' entry (decile edges "
+                                     "of the training churn probability): score PSI skipped")
+    out["over_threshold"] = sorted(
+        n for n, d in [*out["features"].items(), ("churn_probability", out["score"] or {})]
+        if d.get("psi") is not None and d["psi"] > threshold)
+    return out
+
+
+def drift_warning(drift: dict) -> str | None:
+    """One line naming what drifted past the threshold, or None."""
+    over = drift["over_threshold"]
+    if not over:
+        return None
+    values = drift["features"] | {"churn_probability": drift["score"] or {}}
+    named = ", ".join(f"{n} ({values[n]['psi']:.2f})" for n in over)
+    return f"PSI over {drift['psi_threshold']} against the training reference: {named}"
+
+
+def summary_lines(stats: dict, currency: str) -> list[str]:
+    """Customers and revenue at risk per tier, and the top accounts with their main driver."""
+    lines = [f"{'tier':<9} {'customers':>10} {'revenue at risk':>18}"]
+    for tier in ("critical", "high", "medium", "low"):
+        r = stats["tiers"].get(tier, {"customers": 0, "revenue_at_risk": 0.0})
+        lines.append(f"{tier:<9} {r['customers']:>10,} {r['revenue_at_risk']:>14,.0f} {currency}")
+    lines.append("revenue at risk = churn probability x MRR x 12, summed over the tier")
+    lines.append(f"top {TOP_ACCOUNTS} accounts at risk:")
+    for a in stats["top"]:
+        lines.append(f"  {a['customer_id']:<12} p={a['churn_probability']:.3f} "
+                     f"{a['risk_tier']:<8} ARR {a['arr']:>10,.0f}  {a['driver']}")
+    return lines
+
+
