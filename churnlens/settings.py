@@ -82,8 +82,8 @@ class FeatureSettings(_Frozen):
 class LightGBMSettings(_Frozen):
     n_estimators: int = Field(400, ge=1, le=10_000)
     learning_rate: float = Field(0.05, gt=0, le=1)
-    num_leaves: int = Field(15, ge=2, le=1024)
-    max_depth: int = Field(5, ge=-1, le=64)
+    num_leaves: int = Field(7, ge=2, le=1024)
+    max_depth: int = Field(3, ge=-1, le=64)
     min_child_samples: int = Field(50, ge=1)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)

@@ -60,7 +60,7 @@ def test_empty_file_gives_the_defaults(tmp_path):
     ("old", "new", "key"),
     [
         ("horizon_days: 90", "horizon_dayz: 90", "horizon_dayz"),
-        ("    num_leaves: 15", "    num_leafs: 15", "training.lightgbm.num_leafs"),
+        ("    num_leaves: 7", "    num_leafs: 7", "training.lightgbm.num_leafs"),
         ("  currency: USD", "  currency: USD\n  curency: EUR", "ltv.curency"),
     ],
 )
@@ -141,7 +141,7 @@ def test_settings_are_frozen():
     with pytest.raises(ValidationError, match=r"frozen"):
         settings.tiers.high = 0.3
     assert settings.horizon_days == 90
-    assert settings.training.lightgbm.num_leaves == 15
+    assert settings.training.lightgbm.num_leaves == 7
     assert settings.tiers.high == 0.25
 
 
