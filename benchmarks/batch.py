@@ -32,9 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, this folder is first on sys.path, and its features.py would shadow the
-# features package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 RESULTS = ROOT / "benchmarks" / "results"
 AS_OF = "2026-10-01"
 BLOCK = 100_000  # customers per generated block of the large bases
@@ -69,7 +66,7 @@ def make_source(customers: int, out: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from features.sample import generate_sample
+    from churnlens.features.sample import generate_sample
 
     if (out / "done").exists():
         return out
@@ -131,10 +128,10 @@ def score_snapshot(snapshot: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from serving.batch import load_model
-    from serving.core import prepare, score_frame, score_records
-    from serving.records import score_table
-    from training.ltv import monthly_grid
+    from churnlens.serving.batch import load_model
+    from churnlens.serving.core import prepare, score_frame, score_records
+    from churnlens.serving.records import score_table
+    from churnlens.training.ltv import monthly_grid
 
     model = load_model("models:/churnlens@champion")
     snap = pd.read_parquet(snapshot)

@@ -19,21 +19,19 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-# This script's folder holds features.py, training.py...: keep it from shadowing the packages.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 STAGE = r"""
 import json, resource, sys, time
 stage, n, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 t0 = time.perf_counter()
 if stage == "generate":
-    from features.sample import generate_sample, write_sample
+    from churnlens.features.sample import generate_sample, write_sample
     write_sample(generate_sample(n, seed=0), folder)
     rows = None
 else:
     from churnlens.settings import Settings
-    from features.build import build_training_set
-    from features.loading import load_source
+    from churnlens.features.build import build_training_set
+    from churnlens.features.loading import load_source
     rows = len(build_training_set(load_source(folder), Settings()).frame)
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-# This script's folder would shadow the `serving` package: keep it off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 TARGETS = {"single_c8_p99_ms": 50.0, "single_c8_rps": 200.0, "page100_customers_per_s": 3000.0,
            "soak_memory_growth_pct": 10.0, "soak_failed": 0}

@@ -20,13 +20,11 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-# This script's folder holds features.py, training.py...: keep it from shadowing the packages.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 TRAIN = r"""
 import json, resource, sys, time
 from churnlens.settings import Settings
-from training.pipeline import train
+from churnlens.training.pipeline import train
 source, work = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 result = train(Settings(data={"source": source}, paths={"work_dir": work}), log=lambda *_: None)
@@ -48,7 +46,7 @@ QUALITY = [
 
 
 def generate(n: int, folder: Path) -> None:
-    from features.sample import generate_sample, write_sample
+    from churnlens.features.sample import generate_sample, write_sample
 
     write_sample(generate_sample(n, seed=0), folder)
 

@@ -19,13 +19,9 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-# This script's folder holds features.py, training.py...: keep it from shadowing the packages.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAP_ROWS = 100_000
@@ -42,14 +38,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "churnlens-trees")
     args = parser.parse_args()
 
+    from churnlens.features.build import build_training_set
+    from churnlens.features.loading import load_source
+    from churnlens.features.sample import generate_sample, write_sample
     from churnlens.settings import Settings
-    from features.build import build_training_set
-    from features.loading import load_source
-    from features.sample import generate_sample, write_sample
-    from training.evaluation import oracle_probabilities
-    from training.metrics import classification_metrics
-    from training.risk import RiskModel
-    from training.split import temporal_split
+    from churnlens.training.evaluation import oracle_probabilities
+    from churnlens.training.metrics import classification_metrics
+    from churnlens.training.risk import RiskModel
+    from churnlens.training.split import temporal_split
 
     source = args.work / f"sample-{args.customers}"
     if not (source / "done").exists():

@@ -23,7 +23,7 @@ def _say(msg: str) -> None:
 
 
 def cmd_sample_data(args: argparse.Namespace, settings: Settings) -> None:
-    from features.sample import generate_sample, write_sample
+    from churnlens.features.sample import generate_sample, write_sample
 
     if args.customers < 1:
         raise UsageError("--customers must be at least 1")
@@ -37,7 +37,7 @@ def cmd_sample_data(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _load(settings: Settings, source: str | None):
-    from features.loading import load_source
+    from churnlens.features.loading import load_source
 
     ds = load_source(source or settings.data.source, settings.data.observed_until)
     for line in ds.report.lines():
@@ -46,7 +46,7 @@ def _load(settings: Settings, source: str | None):
 
 
 def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
-    from features.build import build_snapshot, build_training_set
+    from churnlens.features.build import build_snapshot, build_training_set
 
     ds = _load(settings, args.source)
     work = Path(settings.paths.work_dir)
@@ -76,7 +76,7 @@ def _write_parquet(frame, out: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
-    from training.pipeline import train
+    from churnlens.training.pipeline import train
 
     result = train(settings, source=args.source, promote=args.promote,
                    params_path=Path(args.params), log=_say)
@@ -108,8 +108,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
     from mlflow.tracking import MlflowClient
 
-    from training.report import report_for_run
-    from training.tracking import configure
+    from churnlens.training.report import report_for_run
+    from churnlens.training.tracking import configure
 
     configure(settings.mlflow)
     run_id = args.run_id
@@ -179,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
-    from serving.batch import BatchJob, run_batch
-    from serving.stats import drift_warning, summary_lines
-    from training.tracking import configure
+    from churnlens.serving.batch import BatchJob, run_batch
+    from churnlens.serving.stats import drift_warning, summary_lines
+    from churnlens.training.tracking import configure
 
     if args.master and args.engine != "spark":
         raise UsageError("--master needs --engine spark")
@@ -232,14 +232,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     }
     _say(f"serving {model_uri} with {snapshot} on http://{host}:{port} "
          f"(OpenAPI: http://{host}:{port}/docs.json)")
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:ChurnService",
+    cmd = [sys.executable, "-m", "bentoml", "serve", "churnlens.serving.service:ChurnService",
            "--host", host, "--port", str(port)]
     # exec: BentoML becomes this process, so Ctrl+C and SIGTERM reach it directly.
     os.execve(sys.executable, cmd, env)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from features.loading import DataError
+    from churnlens.features.loading import DataError
 
     args = build_parser().parse_args(argv)
     try:

@@ -179,7 +179,7 @@ class Settings(_Frozen):
 def parse_settings(raw: dict, origin: str = "params.yaml") -> Settings:
     """Validate a dict shaped like params.yaml.
 
-    Raises SettingsError naming every bad key as a dotted path (``training.lightgbm.num_leaves``).
+    Raises SettingsError naming every bad key as a dotted path (``churnlens.training.lightgbm.num_leaves``).
     """
     try:
         return Settings.model_validate(raw or {})

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
+from churnlens.features.labels import LABEL_COLUMNS, build_labels
+from churnlens.features.loading import DataSet
+from churnlens.features.queries import Feature, events_daily_sql, feature_list, feature_sql
+from churnlens.features.spine import build_spine, cutoff_dates, set_cutoffs
 from churnlens.settings import Settings
-from features.labels import LABEL_COLUMNS, build_labels
-from features.loading import DataSet
-from features.queries import Feature, events_daily_sql, feature_list, feature_sql
-from features.spine import build_spine, cutoff_dates, set_cutoffs
 
 
 @dataclass
@@ -33,7 +33,7 @@ class FeatureFrame:
 def compute_features(ds: DataSet, settings: Settings, with_labels: bool = False) -> pd.DataFrame:
     """Features for every row of table `spine` (which must exist), as a pandas frame.
 
-    with_labels: also join table `labels` (built by `features.labels.build_labels`); the
+    with_labels: also join table `labels` (built by `churnlens.features.labels.build_labels`); the
     join runs in DuckDB so that only one frame is ever materialised in pandas.
     """
     if not ds.derived:
@@ -61,7 +61,7 @@ def build_training_set(ds: DataSet, settings: Settings) -> FeatureFrame:
     """Features and labels for every active customer at every cutoff in the history.
 
     Returns a FeatureFrame whose frame has customer_id, cutoff, the features and the label
-    columns of `features.labels`. Raises ValueError when no customer is ever active.
+    columns of `churnlens.features.labels`. Raises ValueError when no customer is ever active.
     """
     set_cutoffs(ds, cutoff_dates(ds, settings.cutoffs))
     n = build_spine(ds, settings.churn)
@@ -99,7 +99,7 @@ def customer_lifetimes(ds: DataSet, settings: Settings) -> pd.DataFrame:
     Returns customer_id, signed_up_at, churned_at (NaT when still a customer), lifetime_days
     (to churn, or to the end of the data) and churned (bool).
     """
-    from features.spine import build_churn_events
+    from churnlens.features.spine import build_churn_events
 
     build_churn_events(ds, settings.churn)
     return ds.con.execute("""

@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
+from churnlens.features.loading import DataSet
+from churnlens.features.spine import build_churn_events, confirmation_lag_days
 from churnlens.settings import ChurnSettings
-from features.loading import DataSet
-from features.spine import build_churn_events, confirmation_lag_days
 
 LABEL_COLUMNS = ("churned", "event", "duration_days", "churned_at", "revenue_ltv")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from features.contract import ACTIVITY_TABLES, TABLES, VALUE_RULES, TableSpec
+from churnlens.features.contract import ACTIVITY_TABLES, TABLES, VALUE_RULES, TableSpec
 
 _SQL_TYPES = {"str": "VARCHAR", "timestamp": "TIMESTAMP", "float": "DOUBLE"}
 

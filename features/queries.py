@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from churnlens.features.contract import TABLES
 from churnlens.settings import FeatureSettings
-from features.contract import TABLES
 
 # column -> the column whose time must be before the cutoff for it to be known
 _LATER_KNOWN = {

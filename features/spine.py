@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from churnlens.features.loading import DataSet
 from churnlens.settings import ChurnSettings, CutoffSettings
-from features.loading import DataSet
 
 FAR_FUTURE = "TIMESTAMP '9999-12-31'"
 

@@ -8,11 +8,11 @@ job resumes (``resume=True``) from the parts it finished. The parts are then com
 ``OUT.tmp`` and renamed to ``OUT``, so a reader never sees a half-written file.
 
 Each part has a small JSON beside it with what the summary and the drift check need
-(`serving.stats`), so a resumed job never re-reads finished chunks' features. Parts hold
-score records in `serving.records.RECORD_SCHEMA`.
+(`churnlens.serving.stats`), so a resumed job never re-reads finished chunks' features. Parts hold
+score records in `churnlens.serving.records.RECORD_SCHEMA`.
 
 Two engines compute a chunk: ``local`` (`LocalEngine`: DuckDB + pandas in this process) and
-``spark`` (`serving.spark.SparkEngine`: Spark SQL translated from the same DuckDB SQL,
+``spark`` (`churnlens.serving.spark.SparkEngine`: Spark SQL translated from the same DuckDB SQL,
 scoring through ``mapInPandas``).
 """
 
@@ -31,15 +31,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from churnlens.features.build import compute_features
+from churnlens.features.contract import TABLES
+from churnlens.features.loading import DataSet, load_source
+from churnlens.features.queries import events_daily_sql
+from churnlens.features.spine import build_spine, set_cutoffs
+from churnlens.serving.records import RECORD_SCHEMA, score_table
+from churnlens.serving.stats import chunk_stats, drift_report, merge_stats
 from churnlens.settings import Settings
-from features.build import compute_features
-from features.contract import TABLES
-from features.loading import DataSet, load_source
-from features.queries import events_daily_sql
-from features.spine import build_spine, set_cutoffs
-from serving.records import RECORD_SCHEMA, score_table
-from serving.stats import chunk_stats, drift_report, merge_stats
-from training.bundle import ChurnModel
+from churnlens.training.bundle import ChurnModel
 
 MANIFEST_FORMAT = 1
 DUCKDB_MEMORY_LIMIT = "1GB"  # DuckDB's limit while scoring chunks (loading uses its own)
@@ -61,7 +61,7 @@ def load_model(model_uri: str) -> ChurnModel:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import load_bundle
+    from churnlens.training.tracking import load_bundle
 
     ref: dict = {}
     uri = model_uri
@@ -374,7 +374,7 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
         job.out.parent.mkdir(parents=True, exist_ok=True)
         parts = _open_parts(job, manifest, log)
         if job.engine == "spark":
-            from serving.spark import SparkEngine  # pyspark is an optional dependency
+            from churnlens.serving.spark import SparkEngine  # pyspark is an optional dependency
 
             engine = SparkEngine(ds, settings, model, job.master, spark)
         else:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from training.bundle import ChurnModel
-from training.drivers import explain, risk_tier
-from training.ltv import expected_ltv, monthly_grid, monthly_revenue
+from churnlens.training.bundle import ChurnModel
+from churnlens.training.drivers import explain, risk_tier
+from churnlens.training.ltv import expected_ltv, monthly_grid, monthly_revenue
 
 SURVIVAL_DAYS = ("30", "90", "180", "365")
 

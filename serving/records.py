@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from serving.core import SURVIVAL_DAYS, Scored, score_columns
-from training.bundle import ChurnModel
+from churnlens.serving.core import SURVIVAL_DAYS, Scored, score_columns
+from churnlens.training.bundle import ChurnModel
 
 SCORE_ROWS = 10_000  # rows scored at once: bounds the driver dicts alive at a time
 

@@ -1,19 +1,19 @@
 """The churnlens HTTP service: score records for customer-success tools, over BentoML.
 
-`churnlens serve` starts it (or `python -m bentoml serve serving.service:ChurnService`). It
+`churnlens serve` starts it (or `python -m bentoml serve churnlens.serving.service:ChurnService`). It
 loads, once, the model (env CHURNLENS_MODEL_URI, default the registry's champion) and the
 feature snapshot written by `churnlens features --as-of` (env CHURNLENS_SNAPSHOT), then
 scores customers by id or from explicit feature values with the scoring core the batch
-scorer uses (`serving.core.score_records`), so both give the same records.
+scorer uses (`churnlens.serving.core.score_records`), so both give the same records.
 
 Endpoints (POST, JSON): /score_customer (concurrent calls scored together by
-`serving.batching.MicroBatcher`), /score_page, /what_if and /model_info; their bodies are in
-`serving.schemas`. BentoML adds /livez, /readyz, /metrics (Prometheus) and /docs.json (OpenAPI).
+`churnlens.serving.batching.MicroBatcher`), /score_page, /what_if and /model_info; their bodies are in
+`churnlens.serving.schemas`. BentoML adds /livez, /readyz, /metrics (Prometheus) and /docs.json (OpenAPI).
 Every error body is `{"error": message}`, the message led by the field at fault
 ("customers[0].customer_id: ..."), which is the error schema BentoML publishes in
 /docs.json; a 5xx body never says more than that something failed. With env
 CHURNLENS_API_KEY set, every endpoint but the health checks needs `Authorization: Bearer
-KEY` or `X-API-Key: KEY` (`serving.http.HttpGuard`).
+KEY` or `X-API-Key: KEY` (`churnlens.serving.http.HttpGuard`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,16 @@ from pathlib import Path
 import bentoml
 import pandas as pd
 
-from churnlens.settings import ServingSettings
-from serving.batching import MicroBatcher
-from serving.core import FeatureInputError, Prepared, check_features, prepare, score_records
-from serving.http import HttpGuard
-from serving.schemas import (
+from churnlens.serving.batching import MicroBatcher
+from churnlens.serving.core import (
+    FeatureInputError,
+    Prepared,
+    check_features,
+    prepare,
+    score_records,
+)
+from churnlens.serving.http import HttpGuard
+from churnlens.serving.schemas import (
     CustomerBatch,
     CustomerRequest,
     FeatureInfo,
@@ -50,6 +55,7 @@ from serving.schemas import (
     WhatIf,
     WhatIfRequest,
 )
+from churnlens.settings import ServingSettings
 
 ENV_MODEL_URI = "CHURNLENS_MODEL_URI"
 ENV_SNAPSHOT = "CHURNLENS_SNAPSHOT"
@@ -74,7 +80,7 @@ class ChurnService:
     """Scores customers with the model and feature snapshot loaded once at start-up."""
 
     def __init__(self) -> None:
-        from serving.batch import load_model
+        from churnlens.serving.batch import load_model
 
         self.model_uri = os.environ.get(ENV_MODEL_URI) or DEFAULT_MODEL_URI
         self.model = load_model(self.model_uri)  # resolves an alias to its version

@@ -19,14 +19,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from churnlens.features.contract import TABLES
+from churnlens.features.loading import DataSet
+from churnlens.features.queries import events_daily_sql, feature_sql
+from churnlens.serving.batch import BatchError, Chunk
+from churnlens.serving.core import score_records
+from churnlens.serving.records import RECORD_SCHEMA, record_row
 from churnlens.settings import Settings
-from features.contract import TABLES
-from features.loading import DataSet
-from features.queries import events_daily_sql, feature_sql
-from serving.batch import BatchError, Chunk
-from serving.core import score_records
-from serving.records import RECORD_SCHEMA, record_row
-from training.bundle import ChurnModel
+from churnlens.training.bundle import ChurnModel
 
 
 @lru_cache(maxsize=1)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from training.reference import SCORE_KEY, bin_counts
+from churnlens.training.reference import SCORE_KEY, bin_counts
 
 TOP_ACCOUNTS = 10
 _EPS = 1e-4  # share floor in PSI: an empty bin would otherwise give an infinite term

@@ -45,11 +45,11 @@ class TrainedEnv:
 @pytest.fixture(scope="session")
 def trained_env(tmp_path_factory) -> TrainedEnv:
     """Sample base, trained and registered model, and snapshot in a temporary directory."""
+    from churnlens.features.build import build_snapshot
+    from churnlens.features.loading import load_source
+    from churnlens.features.sample import generate_sample, write_sample
     from churnlens.settings import Settings
-    from features.build import build_snapshot
-    from features.loading import load_source
-    from features.sample import generate_sample, write_sample
-    from training.pipeline import train
+    from churnlens.training.pipeline import train
 
     root = tmp_path_factory.mktemp("trained")
     source = root / "sample"

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from churnlens.features.queries import Feature
 from churnlens.settings import LtvSettings, PlaybookSettings, TierSettings
-from features.queries import Feature
-from training.ltv import ltv_from_model
-from training.risk import RiskModel
-from training.survival import SurvivalModel
+from churnlens.training.ltv import ltv_from_model
+from churnlens.training.risk import RiskModel
+from churnlens.training.survival import SurvivalModel
 
 
 @dataclass
@@ -54,6 +54,6 @@ class ChurnModel:
 
     def tiers_of(self, probabilities: np.ndarray) -> np.ndarray:
         """Risk tier names for churn probabilities, from the thresholds in params.yaml."""
-        from training.drivers import risk_tier
+        from churnlens.training.drivers import risk_tier
 
         return risk_tier(probabilities, self.tiers)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from churnlens.features.queries import Feature
 from churnlens.settings import DRIVER_GROUPS, PlaybookSettings, TierSettings
-from features.queries import Feature
 
 TIER_NAMES = np.array(["low", "medium", "high", "critical"])
 # Words that lose their "s" after a count of one ("1 open ticket", "1 failed payment").

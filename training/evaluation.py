@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training import metrics as m
-from training.bundle import ChurnModel
+from churnlens.training import metrics as m
+from churnlens.training.bundle import ChurnModel
 
 SURVIVAL_GRID = np.array([30, 60, 90, 120, 150, 180, 240, 300, 365], dtype=float)
 

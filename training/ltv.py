@@ -64,7 +64,7 @@ def expected_ltv(survival: np.ndarray, monthly_revenue: np.ndarray, horizon_days
 
 def ltv_from_model(survival_model, frame: pd.DataFrame, horizon_days: int,
                    rate: float) -> np.ndarray:
-    """Expected LTV of each row of FRAME from a fitted `training.survival.SurvivalModel`.
+    """Expected LTV of each row of FRAME from a fitted `churnlens.training.survival.SurvivalModel`.
 
     Raises the errors of `monthly_revenue`, `expected_ltv` and the model's
     `survival_function` (e.g. missing feature columns).

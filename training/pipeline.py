@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from churnlens.features.build import FeatureFrame, build_training_set
+from churnlens.features.loading import fingerprint, load_source
 from churnlens.settings import Settings
-from features.build import FeatureFrame, build_training_set
-from features.loading import fingerprint, load_source
-from training import plots
-from training.bundle import ChurnModel
-from training.evaluation import (
+from churnlens.training import plots
+from churnlens.training.bundle import ChurnModel
+from churnlens.training.evaluation import (
     SURVIVAL_GRID,
     Evaluation,
     evaluate_ltv,
@@ -29,12 +29,12 @@ from training.evaluation import (
     evaluate_survival,
     oracle_probabilities,
 )
-from training.reference import reference_distributions
-from training.report import render
-from training.risk import RiskModel
-from training.split import Split, temporal_split
-from training.survival import SurvivalModel
-from training.tracking import GateResult, configure, log_model, register_and_gate
+from churnlens.training.reference import reference_distributions
+from churnlens.training.report import render
+from churnlens.training.risk import RiskModel
+from churnlens.training.split import Split, temporal_split
+from churnlens.training.survival import SurvivalModel
+from churnlens.training.tracking import GateResult, configure, log_model, register_and_gate
 
 
 @dataclass

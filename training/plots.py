@@ -107,7 +107,7 @@ def ltv_deciles(actual: np.ndarray, predicted: np.ndarray) -> plt.Figure:
 def cohort_retention(lifetimes: pd.DataFrame, freq: str = "QS") -> plt.Figure:
     """Kaplan-Meier retention curves by signup cohort (quarters by default).
 
-    lifetimes: customer_id, signed_up_at, lifetime_days, churned (features.build).
+    lifetimes: customer_id, signed_up_at, lifetime_days, churned (churnlens.features.build).
     """
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cohorts = lifetimes["signed_up_at"].dt.to_period(freq[0]).astype(str)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from features.queries import Feature
+from churnlens.features.queries import Feature
 
 SCORE_KEY = "__score__"  # the reference entry for the churn probability
 

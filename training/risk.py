@@ -16,8 +16,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 from sklearn.model_selection import StratifiedGroupKFold
 
+from churnlens.features.queries import Feature
 from churnlens.settings import LightGBMSettings
-from features.queries import Feature
 
 # Domain knowledge as LightGBM monotone constraints (+1: a higher value never lowers the
 # risk; -1: a higher value never raises it), all else equal, so that the directional

@@ -56,7 +56,7 @@ def temporal_split(frame: pd.DataFrame, horizon_days: int, settings: TrainingSet
                if c not in frame.columns]
     if missing:
         raise ValueError(f"training frame lacks column(s) {missing}; build it with "
-                         "features.build.build_training_set")
+                         "churnlens.features.build.build_training_set")
     labelled = frame[frame["churned"].notna()]
     if labelled.empty:
         raise ValueError(f"none of the {len(frame)} rows has a churn label: no cutoff has its "

@@ -23,8 +23,8 @@ from lifelines import LogLogisticAFTFitter, WeibullAFTFitter
 from scipy.stats import skew
 from sklearn.exceptions import NotFittedError
 
-from features.queries import Feature
-from training.metrics import survival_metrics
+from churnlens.features.queries import Feature
+from churnlens.training.metrics import survival_metrics
 
 CANDIDATES = ("weibull_aft", "loglogistic_aft", "discrete_lgbm")
 INTERVAL_DAYS = 30.0
@@ -45,7 +45,7 @@ def check_survival_target(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, n
     missing = [c for c in ("duration_days", "event") if c not in frame.columns]
     if missing:
         raise ValueError(f"{name} frame lacks column(s) {missing}; survival models need "
-                         "duration_days and event (see features.labels)")
+                         "duration_days and event (see churnlens.features.labels)")
     d = frame["duration_days"].to_numpy(dtype=float)
     e = frame["event"].to_numpy(dtype=float)
     if d.size == 0:
@@ -317,7 +317,7 @@ def _choose(scores: dict[str, dict[str, float]]) -> str:
 class SurvivalModel:
     """Probability of still being a customer t days after the cutoff, per row.
 
-    features: the model inputs (`features.queries.Feature`); seed: for LightGBM and
+    features: the model inputs (`churnlens.features.queries.Feature`); seed: for LightGBM and
     subsampling; candidates: names from CANDIDATES to fit and compare.
 
     Learned attributes: ``scores_`` ({candidate: {"ibs", "concordance"}} on the validation

@@ -6,6 +6,7 @@ directory; MLFLOW_TRACKING_URI (or mlflow.tracking_uri in params.yaml) points el
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import tempfile
@@ -18,10 +19,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from churnlens.settings import MlflowSettings
-from training.bundle import ChurnModel
+from churnlens.training.bundle import ChurnModel
 
-PACKAGES = ("churnlens", "features", "training", "serving")
-ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("features", "training", "serving")
 CHAMPION = "champion"
 
 
@@ -49,9 +49,29 @@ class ChurnPyfunc(mlflow.pyfunc.PythonModel):
             self.model: ChurnModel = pickle.load(fh)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from serving.core import score_frame
+        from churnlens.serving.core import score_frame
 
         return score_frame(self.model, model_input)
+
+
+def _package_tree(out: Path) -> Path:
+    """Copy the churnlens package, as imported, into OUT/churnlens; return that folder.
+
+    The stages live in their own folders in the repository and are mapped into the one
+    package on install, so the tree is assembled from each sub-package's location.
+    """
+    import shutil
+
+    import churnlens
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    root = out / "churnlens"
+    shutil.copytree(Path(churnlens.__file__).parent, root, ignore=ignore)
+    for stage in STAGES:
+        module = importlib.import_module(f"churnlens.{stage}")
+        shutil.copytree(Path(module.__file__).parent, root / stage, ignore=ignore,
+                        dirs_exist_ok=True)
+    return root
 
 
 def _requirements() -> list[str]:
@@ -64,7 +84,7 @@ def _requirements() -> list[str]:
 
 def log_model(model: ChurnModel, example: pd.DataFrame) -> str:
     """Log the bundle as the pyfunc `churnlens` in the active run; return its model URI."""
-    from serving.core import score_frame
+    from churnlens.serving.core import score_frame
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bundle.pkl"
@@ -74,7 +94,7 @@ def log_model(model: ChurnModel, example: pd.DataFrame) -> str:
             name="churnlens",
             python_model=ChurnPyfunc(),
             artifacts={"bundle": str(path)},
-            code_paths=[str(ROOT / p) for p in PACKAGES],
+            code_paths=[str(_package_tree(Path(tmp) / "code"))],
             signature=_signature(model, inputs, score_frame(model, inputs)),
             input_example=inputs.head(3),
             pip_requirements=_requirements(),
@@ -136,7 +156,7 @@ def register_and_gate(model_uri: str, name: str, challenger_auc: float, test: pd
     """
     from sklearn.metrics import roc_auc_score
 
-    from serving.core import score_frame
+    from churnlens.serving.core import score_frame
 
     client = MlflowClient()
     version = mlflow.register_model(model_uri, name).version

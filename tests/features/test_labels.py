@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from churnlens.features.build import build_training_set
+from churnlens.features.loading import load_source
 from churnlens.settings import ChurnSettings, Settings
-from features.build import build_training_set
-from features.loading import load_source
 
 T = pd.Timestamp
 

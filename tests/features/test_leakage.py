@@ -6,9 +6,9 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from churnlens.features.build import build_snapshot
+from churnlens.features.loading import load_source
 from churnlens.settings import Settings
-from features.build import build_snapshot
-from features.loading import load_source
 
 DAY0 = pd.Timestamp("2024-01-01")
 CUSTOMERS = ["a", "b", "c"]

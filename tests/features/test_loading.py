@@ -13,8 +13,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from features.contract import ACTIVITY_TABLES, TABLES, VALUE_RULES
-from features.loading import DataError, load_source
+from churnlens.features.contract import ACTIVITY_TABLES, TABLES, VALUE_RULES
+from churnlens.features.loading import DataError, load_source
 
 FORMATS = ("dict", "csv", "parquet", "duckdb")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.sample import EVENT_TYPES, SAMPLE_END, generate_sample, write_sample
+from churnlens.features.sample import EVENT_TYPES, SAMPLE_END, generate_sample, write_sample
 
 END = SAMPLE_END
 HORIZON = pd.Timedelta(days=90)

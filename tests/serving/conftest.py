@@ -41,7 +41,7 @@ def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     """`bentoml serve` of the service, in its own process group so it can be killed whole."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:ChurnService",
+            [sys.executable, "-m", "bentoml", "serve", "churnlens.serving.service:ChurnService",
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 

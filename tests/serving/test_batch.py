@@ -22,12 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
+from churnlens.serving import batch
+from churnlens.serving.batch import BatchError, BatchJob, load_model, parts_dir, run_batch
+from churnlens.serving.core import score_records
+from churnlens.serving.records import RECORD_SCHEMA, records_table, table_records
+from churnlens.serving.stats import drift_report, psi
 from churnlens.settings import Settings
-from serving import batch
-from serving.batch import BatchError, BatchJob, load_model, parts_dir, run_batch
-from serving.core import score_records
-from serving.records import RECORD_SCHEMA, records_table, table_records
-from serving.stats import drift_report, psi
 from tests.fixtures_model import AS_OF, TrainedEnv
 
 ROOT = Path(__file__).resolve().parents[2]

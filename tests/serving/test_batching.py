@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from serving.batching import MicroBatcher
+from churnlens.serving.batching import MicroBatcher
 
 
 def test_a_lone_call_runs_at_once_and_alone():

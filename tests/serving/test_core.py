@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.core import (
+from churnlens.serving.core import (
     FeatureInputError,
     check_features,
     prepare,
     score_frame,
     score_records,
 )
-from training.tracking import load_bundle
+from churnlens.training.tracking import load_bundle
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_a_matrix_of_the_wrong_width_is_refused(model_and_rows):
 
 
 def test_the_batch_table_equals_the_records_table(model_and_rows):
-    from serving.records import records_table, score_table
+    from churnlens.serving.records import records_table, score_table
 
     model, rows = model_and_rows
     model.info = {**model.info, "version": "3", "name": "churnlens", "run_id": "r1"}

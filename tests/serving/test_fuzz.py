@@ -70,7 +70,7 @@ def snapshot_row(trained_env):
     """One snapshot customer's features, as JSON values, and the model's category levels."""
     import pandas as pd
 
-    from serving.batch import load_model
+    from churnlens.serving.batch import load_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", trained_env.tracking_uri)
@@ -86,7 +86,7 @@ def test_any_finite_feature_values_get_a_valid_record(http, snapshot_row):
     """Whatever numbers a client sends (negative, huge, tiny), the answer is a valid record."""
     from hypothesis import strategies as st
 
-    from serving.schemas import ScoreRecord
+    from churnlens.serving.schemas import ScoreRecord
 
     customer_id, base, model = snapshot_row
     numeric = [f.name for f in model.features if f.kind == "numeric"]

@@ -22,7 +22,7 @@ def snapshot(trained_env) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def bundle(trained_env):
     """The served model, loaded in the test process the way training code loads it."""
-    from training.tracking import load_bundle
+    from churnlens.training.tracking import load_bundle
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", trained_env.tracking_uri)
@@ -86,7 +86,7 @@ def error_of(response: httpx.Response, status: int) -> str:
 
 
 def test_score_customer_returns_the_scoring_cores_record(http, snapshot, bundle, champion):
-    from serving.core import score_records
+    from churnlens.serving.core import score_records
 
     for customer_id in ids(snapshot, 3):
         got = post(http, "/score_customer", {"customers": [{"customer_id": customer_id}]})
@@ -300,7 +300,7 @@ def test_non_json_content_type_is_415(http):
 
 
 def test_error_bodies_never_carry_internals():
-    from serving.http import error_body
+    from churnlens.serving.http import error_body
 
     leaked = b'{"error": "Traceback (most recent call last): KeyError: secret"}'
     assert error_body(500, leaked) == {"error": "internal error: the request was not scored; "

@@ -9,9 +9,9 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from serving.batch import BatchError, run_batch
-from serving.records import table_records
-from serving.spark import spark_session, to_spark_sql
+from churnlens.serving.batch import BatchError, run_batch
+from churnlens.serving.records import table_records
+from churnlens.serving.spark import spark_session, to_spark_sql
 from tests.fixtures_model import TrainedEnv
 from tests.serving.test_batch import Env, assert_same_records, batch_env
 

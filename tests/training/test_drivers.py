@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from churnlens.features.queries import feature_list
 from churnlens.settings import FeatureSettings, PlaybookSettings, TierSettings
-from features.queries import feature_list
-from training.drivers import explain, risk_tier
+from churnlens.training.drivers import explain, risk_tier
 
 FEATURES = feature_list(FeatureSettings(), {"segment": "str"})
 NAMES = [f.name for f in FEATURES]

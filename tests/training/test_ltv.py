@@ -6,9 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnlens.training.ltv import (
+    MONTH_DAYS,
+    expected_ltv,
+    ltv_from_model,
+    monthly_grid,
+    monthly_revenue,
+)
+from churnlens.training.metrics import ltv_metrics
 from tests.training.test_survival import fitted_sample
-from training.ltv import MONTH_DAYS, expected_ltv, ltv_from_model, monthly_grid, monthly_revenue
-from training.metrics import ltv_metrics
 
 
 def test_constant_survival_without_discount_is_revenue_times_months():

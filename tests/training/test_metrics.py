@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.queries import Feature
-from training.metrics import (
+from churnlens.features.queries import Feature
+from churnlens.training.metrics import (
     calibration_table,
     classification_metrics,
     kaplan_meier_baseline,

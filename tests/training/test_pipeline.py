@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from churnlens.features.sample import generate_sample, write_sample
+from churnlens.serving.core import score_frame
 from churnlens.settings import Settings
-from features.sample import generate_sample, write_sample
-from serving.core import score_frame
-from training.pipeline import train
-from training.tracking import load_bundle, plain_inputs
+from churnlens.training.pipeline import train
+from churnlens.training.tracking import load_bundle, plain_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +70,8 @@ def test_pyfunc_from_mlflow_scores_like_the_model_in_memory(trained):
 
 
 def _test_rows(source) -> pd.DataFrame:
-    from features.build import build_snapshot
-    from features.loading import load_source
+    from churnlens.features.build import build_snapshot
+    from churnlens.features.loading import load_source
 
     return build_snapshot(load_source(source), "2026-10-01", Settings()).frame.head(200)
 

@@ -7,9 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.queries import Feature
-from serving.stats import drift_report
-from training.reference import SCORE_KEY, bin_counts, numeric_reference, reference_distributions
+from churnlens.features.queries import Feature
+from churnlens.serving.stats import drift_report
+from churnlens.training.reference import (
+    SCORE_KEY,
+    bin_counts,
+    numeric_reference,
+    reference_distributions,
+)
 
 FEATURES = [Feature("tickets", "numeric", "support", "tickets"),
             Feature("mrr", "numeric", "billing", "MRR"),

@@ -13,12 +13,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from churnlens.features.build import build_training_set
+from churnlens.features.loading import load_source
+from churnlens.features.sample import generate_sample, write_sample
 from churnlens.settings import Settings
-from features.build import build_training_set
-from features.loading import load_source
-from features.sample import generate_sample, write_sample
-from training.risk import MONOTONE, RiskModel
-from training.split import temporal_split
+from churnlens.training.risk import MONOTONE, RiskModel
+from churnlens.training.split import temporal_split
 
 
 @pytest.fixture(scope="module")

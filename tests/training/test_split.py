@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from churnlens.features.build import build_training_set
+from churnlens.features.loading import load_source
+from churnlens.features.sample import generate_sample, write_sample
 from churnlens.settings import Settings, TrainingSettings
-from features.build import build_training_set
-from features.loading import load_source
-from features.sample import generate_sample, write_sample
-from training.split import SLICES, customer_hash, temporal_split
+from churnlens.training.split import SLICES, customer_hash, temporal_split
 
 HORIZON = 90
 KEYS = ["customer_id", "cutoff"]

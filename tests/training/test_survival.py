@@ -15,14 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 
+from churnlens.features.build import build_training_set
+from churnlens.features.loading import load_source
+from churnlens.features.queries import Feature
+from churnlens.features.sample import generate_sample, write_sample
 from churnlens.settings import Settings
-from features.build import build_training_set
-from features.loading import load_source
-from features.queries import Feature
-from features.sample import generate_sample, write_sample
-from training import survival
-from training.metrics import kaplan_meier_baseline, survival_metrics
-from training.survival import SurvivalModel
+from churnlens.training import survival
+from churnlens.training.metrics import kaplan_meier_baseline, survival_metrics
+from churnlens.training.survival import SurvivalModel
 
 X = [Feature("x", "numeric", "account", "x")]
 SHAPE, B0, B1 = 1.3, 5.5, 0.5  # Weibull AFT: log scale = B0 + B1 x, shape SHAPE
