@@ -3,11 +3,19 @@
 `load_settings(path)` is called by the command line entry points only; library functions
 receive the pieces they need as arguments. Unknown keys and bad values are rejected with a
 message naming the key, so a typo in params.yaml never silently falls back to a default.
+
+The field defaults below are the values of the commented template shipped with the package
+(`churnlens/params.yaml`, what `churnlens init` writes, equal to the repository's
+params.yaml): without a settings file churnlens runs on exactly those values. The tests
+hold the three equal.
+
+This module is the ground floor: every stage imports it, and it imports no stage.
 """
 
 from __future__ import annotations
 
 from datetime import date
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+TEMPLATE_NAME = "params.yaml"
 
 
 class SettingsError(ValueError):
@@ -95,7 +105,7 @@ class TrainingSettings(_Frozen):
     seed: int = 42
     test_cutoffs: int = Field(2, ge=1)
     validation_cutoffs: int = Field(2, ge=1)
-    calibration_cutoffs: int = Field(1, ge=1)
+    calibration_cutoffs: int = Field(2, ge=1)
     lightgbm: LightGBMSettings = LightGBMSettings()
 
 
@@ -179,7 +189,8 @@ class Settings(_Frozen):
 def parse_settings(raw: dict, origin: str = "params.yaml") -> Settings:
     """Validate a dict shaped like params.yaml.
 
-    Raises SettingsError naming every bad key as a dotted path (``churnlens.training.lightgbm.num_leaves``).
+    Raises SettingsError naming every bad key as a dotted path (``training.lightgbm.num_leaves``):
+    one line for one bad key, a count and a line per key for several.
     """
     try:
         return Settings.model_validate(raw or {})
@@ -188,21 +199,43 @@ def parse_settings(raw: dict, origin: str = "params.yaml") -> Settings:
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
             if err["type"] == "extra_forbidden":
-                lines.append(f"  {key}: unknown key; remove it or fix its spelling")
+                lines.append(f"{key}: unknown key; remove it or fix its spelling")
             else:
-                lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
-        raise SettingsError(f"{origin} has {len(lines)} bad setting(s):\n" + "\n".join(lines)) from None
+                lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        if len(lines) == 1:
+            raise SettingsError(f"{origin}: {lines[0]}") from None
+        raise SettingsError(f"{origin} has {len(lines)} bad settings:\n"
+                            + "\n".join(f"  {line}" for line in lines)) from None
 
 
-def load_settings(path: str | Path = "params.yaml") -> Settings:
-    """Read and validate params.yaml; relative paths inside stay relative to the working dir."""
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate a settings file; relative paths inside stay relative to the working dir.
+
+    path: the file to read. None: `params.yaml` in the working directory when there is one,
+    else the built-in defaults (the shipped template's values). Raises SettingsError when an
+    explicit path does not exist, is not YAML or not a mapping, or holds a bad setting.
+    """
+    if path is None:
+        if not Path(TEMPLATE_NAME).is_file():
+            return Settings()
+        path = TEMPLATE_NAME
     path = Path(path)
     if not path.is_file():
-        raise SettingsError(f"settings file {path} not found; pass --params PATH or create it")
+        raise SettingsError(f"settings file {path} not found; pass --params PATH, or write one "
+                            "with `churnlens init`")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise SettingsError(f"{path} is not valid YAML: {exc}") from None
+        # One line: PyYAML's own message spans four, with context marks.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SettingsError(f"{path} is not valid YAML{where}: {problem}") from None
     if raw is not None and not isinstance(raw, dict):
         raise SettingsError(f"{path} must hold a mapping of settings, not {type(raw).__name__}")
     return parse_settings(raw or {}, origin=str(path))
+
+
+def template_text() -> str:
+    """The commented params.yaml shipped inside the package (what `churnlens init` writes)."""
+    return files("churnlens").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")

@@ -9,7 +9,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from churnlens.settings import SettingsError, TierSettings, load_settings, parse_settings
+from churnlens.settings import (
+    Settings,
+    SettingsError,
+    TierSettings,
+    load_settings,
+    parse_settings,
+    template_text,
+)
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -49,6 +56,27 @@ def test_project_params_load():
     assert settings.features.windows == tuple(raw["features"]["windows"])
 
 
+def test_built_in_defaults_are_the_shipped_params():
+    # Without a settings file churnlens must behave exactly as with the shipped one.
+    assert Settings() == load_settings(PARAMS)
+    assert leaves(Settings().model_dump(mode="json")) == leaves(
+        load_settings(PARAMS).model_dump(mode="json"))
+
+
+def test_packaged_template_is_the_repository_params():
+    # `churnlens init` writes the template inside the package; it must not drift from the
+    # params.yaml the repository documents (fix: cp params.yaml churnlens/params.yaml).
+    assert template_text() == PARAMS.read_text()
+    assert "#" in template_text()  # the commented file, not a bare dump
+
+
+def test_no_file_in_the_working_directory_means_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings() == Settings()
+    write_params(tmp_path, "horizon_days: 30\n")
+    assert load_settings().horizon_days == 30
+
+
 def test_empty_file_gives_the_defaults(tmp_path):
     settings = load_settings(write_params(tmp_path, "# nothing set\n"))
     assert settings == parse_settings({})
@@ -68,8 +96,8 @@ def test_unknown_key_is_named(tmp_path, old, new, key):
     path = edited_params(tmp_path, old, new)
     with pytest.raises(
         SettingsError,
-        match=rf"{re.escape(str(path))} has 1 bad setting\(s\):\n  {re.escape(key)}: "
-        r"unknown key; remove it or fix its spelling",
+        match=rf"^{re.escape(str(path))}: {re.escape(key)}: "
+        r"unknown key; remove it or fix its spelling$",
     ):
         load_settings(path)
 
@@ -90,14 +118,14 @@ def test_unknown_key_is_named(tmp_path, old, new, key):
 )
 def test_bad_value_names_the_key(tmp_path, old, new, key, detail):
     path = edited_params(tmp_path, old, new)
-    with pytest.raises(SettingsError, match=rf"(?m)^  {re.escape(key)}: .*{detail}"):
+    with pytest.raises(SettingsError, match=rf"^{re.escape(str(path))}: {re.escape(key)}: .*{detail}"):
         load_settings(path)
 
 
 def test_every_bad_key_is_reported():
     with pytest.raises(
         SettingsError,
-        match=r"(?m)^test has 2 bad setting\(s\):\n"
+        match=r"(?m)^test has 2 bad settings:\n"
         r"(?=(?s:.*)^  horizon_days: .*\(got 0\)$)(?=(?s:.*)^  churn\.grace_days: .*\(got -3\)$)",
     ):
         parse_settings({"horizon_days": 0, "churn": {"grace_days": -3}}, origin="test")
@@ -106,14 +134,14 @@ def test_every_bad_key_is_reported():
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(
-        SettingsError, match=rf"settings file {re.escape(str(missing))} not found; pass --params"
+        SettingsError, match=rf"settings file {re.escape(str(missing))} not found; pass --params PATH, or write one with `churnlens init`"
     ):
         load_settings(missing)
 
 
 def test_invalid_yaml(tmp_path):
     path = write_params(tmp_path, "horizon_days: [90\nchurn:\n  definition: contract\n")
-    with pytest.raises(SettingsError, match=rf"(?s){re.escape(str(path))} is not valid YAML: .*line 2"):
+    with pytest.raises(SettingsError, match=rf"^{re.escape(str(path))} is not valid YAML at line 2, column 6: expected ',' or '\]', but got ':'$"):
         load_settings(path)
 
 
