@@ -27,7 +27,7 @@ def frame(tmp_path_factory) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def split(frame):
-    return temporal_split(frame, HORIZON, TrainingSettings())
+    return temporal_split(frame, HORIZON, TrainingSettings(calibration_cutoffs=1))
 
 
 def _tiny(cutoffs: list[str], churned: list[float | None], n_customers: int = 40
@@ -97,7 +97,8 @@ def test_censoring_of_a_known_customer():
     frame.loc[late, "churned_at"] = pd.Timestamp("2024-08-15")
     frame.loc[late, "duration_days"] = (pd.Timestamp("2024-08-15")
                                         - frame.loc[late, "cutoff"]).dt.days.astype(float)
-    s = temporal_split(frame, 60, TrainingSettings(test_cutoffs=1, validation_cutoffs=2))
+    s = temporal_split(frame, 60, TrainingSettings(test_cutoffs=1, validation_cutoffs=2,
+                                                       calibration_cutoffs=1))
     assert s.boundaries["validation"][0] == pd.Timestamp("2024-08-01")
     row = s.survival_train.set_index(KEYS).loc[("c001", pd.Timestamp("2024-01-01"))]
     assert row["event"] == 0
@@ -172,7 +173,7 @@ def test_too_short_for_the_embargo_is_an_error():
     # January, and no cutoff is 90 days before January for training.
     frame = _tiny([f"2024-{m:02d}-01" for m in range(1, 7)], [0.0] * 6)
     with pytest.raises(ValueError, match="leaves the train slice without cutoffs"):
-        temporal_split(frame, HORIZON, TrainingSettings())
+        temporal_split(frame, HORIZON, TrainingSettings(calibration_cutoffs=1))
 
 
 def test_missing_columns_are_named():
