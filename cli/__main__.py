@@ -1,0 +1,7 @@
+"""`python -m churnlens.cli`: the same as the `churnlens` command."""
+
+import sys
+
+from churnlens.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""`churnlens sample-data` and `churnlens features`: data in, feature tables out."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from churnlens.cli.common import (
+    UsageError,
+    add_command,
+    at_least,
+    existing_path,
+    iso_date,
+    say,
+    settings_of,
+)
+
+
+def add_commands(sub, parents) -> None:
+    p = add_command(sub, "sample-data", "write a synthetic customer base to try churnlens on",
+                    parents, details="A B2B SaaS base in the data contract (parquet), with the "
+                    "generator's true churn\nprobabilities (truth.parquet) for the evaluation.")
+    p.add_argument("--customers", type=at_least(1), default=5000, metavar="N",
+                   help="number of customers")
+    p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
+                   help="random seed")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output folder (default: data.source in the settings, data/sample)")
+    p.set_defaults(run=sample_data)
+
+    p = add_command(sub, "features", "build the training set, or a snapshot with --as-of",
+                    parents, details="Without --as-of: features and labels of every active "
+                    "customer at every cutoff.\nWith --as-of DATE: features of every customer "
+                    "active on DATE, the snapshot in\nwhich `churnlens serve` looks customers "
+                    "up.")
+    p.add_argument("--as-of", type=iso_date, metavar="DATE",
+                   help="YYYY-MM-DD: features of every customer active on DATE (default: the "
+                        "training set instead)")
+    p.add_argument("--source", type=existing_path, metavar="PATH",
+                   help="data source folder or .duckdb file (default: data.source in the "
+                        "settings)")
+    p.add_argument("--out", type=Path, metavar="PATH",
+                   help="output parquet (default: training_set.parquet, or with --as-of "
+                        "snapshots/features-DATE.parquet, under paths.work_dir: work/)")
+    p.set_defaults(run=features)
+
+
+def sample_data(args: argparse.Namespace) -> None:
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; sample data are a folder of parquet "
+                         "files: pass a folder")
+    settings = settings_of(args)
+    from churnlens.features.sample import generate_sample, write_sample
+
+    t0 = time.perf_counter()
+    tables = generate_sample(args.customers, seed=args.seed, horizon_days=settings.horizon_days)
+    out = Path(args.out or settings.data.source)
+    paths = write_sample(tables, out)
+    rows = ", ".join(f"{name} {len(tables[name]):,}" for name in paths)
+    say(f"wrote sample data for {args.customers:,} customers to {out} "
+        f"({rows}) in {time.perf_counter() - t0:.1f} s")
+
+
+def features(args: argparse.Namespace) -> None:
+    if args.out is not None and args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; pass the parquet file to write")
+    settings = settings_of(args)
+    from churnlens.features.build import build_snapshot, build_training_set
+    from churnlens.features.loading import load_source
+
+    source = args.source or settings.data.source
+    if not Path(source).exists():
+        raise UsageError(f"data source {source} not found: write sample data with `churnlens "
+                         "sample-data`, or set data.source in params.yaml (or pass --source)")
+    ds = load_source(source, settings.data.observed_until)
+    if args.as_of:
+        _check_inside(ds, args.as_of)
+    for line in ds.report.lines():
+        say(line)
+    work = Path(settings.paths.work_dir)
+    t0 = time.perf_counter()
+    if args.as_of:
+        ff = build_snapshot(ds, args.as_of, settings)
+        if ff.frame.empty:
+            raise UsageError(f"no customer is active on {args.as_of}; pick a later date")
+        out = Path(args.out or work / "snapshots" / f"features-{args.as_of}.parquet")
+        ids = ff.frame["customer_id"]
+        what = (f"feature snapshot of {len(ff.frame):,} customers active on {args.as_of} "
+                f"(ids {ids.min()} to {ids.max()})")
+    else:
+        ff = build_training_set(ds, settings)
+        out = Path(args.out or work / "training_set.parquet")
+        labelled = int(ff.frame["churned"].notna().sum())
+        what = (f"training set of {len(ff.frame):,} (customer, cutoff) rows over "
+                f"{ff.frame['cutoff'].nunique()} cutoffs, {labelled:,} with a churn label")
+    _write_parquet(ff.frame, out)
+    say(f"wrote {what} to {out} in {time.perf_counter() - t0:.1f} s")
+
+
+def _check_inside(ds, as_of: str) -> None:
+    """A snapshot date must lie after the first signup (no one is a customer before it) and
+    at most at the end of the observed data; name that range rather than fail inside a query."""
+    import pandas as pd
+
+    first = ds.con.execute("SELECT min(signed_up_at) FROM customers").fetchone()[0]
+    end = ds.observed_until
+    day = pd.Timestamp(as_of)
+    if first is None:
+        raise UsageError("the data source holds no customer")
+    first = pd.Timestamp(first).tz_localize(None) if pd.Timestamp(first).tz else pd.Timestamp(first)
+    if day <= first or day > end:
+        raise UsageError(f"--as-of {as_of} is outside the data, which run from the first signup "
+                         f"on {first:%Y-%m-%d} to {end:%Y-%m-%d}: pick a date after "
+                         f"{first:%Y-%m-%d} and at most {end:%Y-%m-%d}")
+
+
+def _write_parquet(frame, out: Path) -> None:
+    """Write under a temporary name, then rename: readers never see a half-written file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(out)

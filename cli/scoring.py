@@ -1,0 +1,151 @@
+"""`churnlens score` and `churnlens serve`: score records in batch, or over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from churnlens.cli.common import (
+    UsageError,
+    add_command,
+    at_least,
+    existing_file,
+    existing_path,
+    iso_date,
+    model_uri,
+    port,
+    quiet_mlflow,
+    require_store,
+    say,
+    settings_of,
+    tracking_uri,
+)
+
+CHAMPION = "models:/{name}@champion"
+
+
+def add_commands(sub, parents) -> None:
+    p = add_command(sub, "score", "score every customer active on a date into parquet",
+                    parents, details="Chunked (bounded memory), written atomically, resumable "
+                    "with --resume; local or\non Apache Spark. Prints revenue at risk per "
+                    "tier; writes a drift report beside\nthe output.")
+    p.add_argument("--as-of", type=iso_date, required=True, metavar="DATE",
+                   help="YYYY-MM-DD: score the customers active on DATE")
+    p.add_argument("--out", type=Path, required=True, metavar="PATH", help="output parquet")
+    p.add_argument("--model-uri", type=model_uri, metavar="URI",
+                   help="MLflow model URI (default: models:/NAME@champion, NAME from the "
+                        "settings' mlflow.model_name)")
+    p.add_argument("--source", type=existing_path, metavar="PATH",
+                   help="data source folder or .duckdb file (default: data.source in the "
+                        "settings)")
+    p.add_argument("--chunk-size", type=at_least(1), metavar="N",
+                   help="customers per part (default: batch.chunk_size in the settings)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted job")
+    p.add_argument("--engine", choices=["local", "spark"], default="local",
+                   help="where the job runs")
+    p.add_argument("--master", metavar="URL", help="Spark master URL, with --engine spark (default: local "
+                                    "mode on 127.0.0.1)")
+    p.set_defaults(run=score)
+
+    p = add_command(sub, "serve", "serve scores over HTTP for customer-success tools",
+                    parents, details="A BentoML service with the model and the feature snapshot "
+                    "loaded once; set\nCHURNLENS_API_KEY to require a key. Ctrl+C stops it.")
+    p.add_argument("--host", help="interface to bind (default: serving.host in the settings, "
+                                  "127.0.0.1)")
+    p.add_argument("--port", type=port, metavar="N", help="port (default: serving.port in the settings, 3000)")
+    p.add_argument("--model-uri", type=model_uri, metavar="URI",
+                   help="MLflow model URI (default: models:/NAME@champion, NAME from the "
+                        "settings' mlflow.model_name)")
+    p.add_argument("--snapshot", type=existing_file, metavar="PATH",
+                   help="feature snapshot parquet (default: the newest "
+                        "snapshots/features-*.parquet under paths.work_dir: work/)")
+    p.set_defaults(run=serve)
+
+
+def score(args: argparse.Namespace) -> None:
+    if args.master and args.engine != "spark":
+        raise UsageError("--master needs --engine spark")
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; pass the parquet file to write")
+    settings = settings_of(args)
+    source = args.source or settings.data.source
+    if not Path(source).exists():
+        raise UsageError(f"data source {source} not found: set data.source in params.yaml "
+                         "or pass --source")
+    require_store(tracking_uri(settings.mlflow))
+    quiet_mlflow()
+    from churnlens.serving.batch import BatchJob, run_batch
+    from churnlens.serving.stats import drift_warning, summary_lines
+    from churnlens.training.tracking import configure
+
+    configure(settings.mlflow)
+    job = BatchJob(
+        as_of=args.as_of, out=args.out, source=args.source, resume=args.resume,
+        model_uri=args.model_uri or CHAMPION.format(name=settings.mlflow.model_name),
+        chunk_size=args.chunk_size or settings.batch.chunk_size,
+        psi_threshold=settings.batch.psi_threshold, engine=args.engine, master=args.master)
+    r = run_batch(job, settings, log=say)
+    say(f"wrote {r.customers:,} score records to {r.out} in {r.seconds:.1f} s "
+        f"({r.chunks} chunks, {r.chunks_resumed} resumed); drift: {r.drift_path}")
+    for line in summary_lines(r.stats, r.currency):
+        say(line)
+    warning = drift_warning(r.drift)
+    if warning:
+        print(f"churnlens score: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def serve(args: argparse.Namespace) -> None:
+    settings = settings_of(args)
+    snapshot = args.snapshot or _newest_snapshot(Path(settings.paths.work_dir) / "snapshots")
+    host = args.host or settings.serving.host
+    port_number = args.port or settings.serving.port
+    uri = args.model_uri or CHAMPION.format(name=settings.mlflow.model_name)
+    store = tracking_uri(settings.mlflow)
+    _check_registered(uri, store)
+    env = {
+        **os.environ,
+        "CHURNLENS_MODEL_URI": uri,
+        "CHURNLENS_SNAPSHOT": str(snapshot.resolve()),
+        "CHURNLENS_MAX_PAGE_SIZE": str(settings.serving.max_page_size),
+        # Fixed before BentoML's workers start in other directories.
+        "MLFLOW_TRACKING_URI": store,
+    }
+    say(f"serving {uri} with {snapshot} on http://{host}:{port_number} "
+        f"(OpenAPI: http://{host}:{port_number}/docs.json)")
+    cmd = [sys.executable, "-m", "bentoml", "serve", "churnlens.serving.service:ChurnService",
+           "--host", host, "--port", str(port_number)]
+    # exec: BentoML becomes this process, so Ctrl+C and SIGTERM reach it directly.
+    os.execve(sys.executable, cmd, env)
+
+
+def _newest_snapshot(folder: Path) -> Path:
+    found = sorted(folder.glob("features-*.parquet"))
+    if not found:
+        raise UsageError(f"no feature snapshot in {folder}; write one with `churnlens features "
+                         "--as-of DATE` or pass --snapshot PATH")
+    return found[-1]  # ISO dates in the names: the last sorted is the newest
+
+
+def _check_registered(uri: str, store: str) -> None:
+    """A registry model must exist before BentoML starts: a service whose start-up fails is
+    restarted by BentoML forever instead of exiting, so the user would see no error."""
+    if not uri.startswith("models:/"):
+        return
+    require_store(store)
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, _, tail = uri.removeprefix("models:/").partition("/")
+    name, _, alias = name.partition("@")
+    client = MlflowClient(tracking_uri=store)
+    try:
+        if alias:
+            client.get_model_version_by_alias(name, alias)
+        else:
+            client.get_model_version(name, tail)
+    except MlflowException as exc:
+        first = str(exc.message).splitlines()[0]
+        raise UsageError(f"model {uri} not found in {store}: {first}; train one with "
+                         "`churnlens train` or pass --model-uri") from None
