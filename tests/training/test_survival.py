@@ -20,7 +20,7 @@ from churnlens.features.loading import load_source
 from churnlens.features.queries import Feature
 from churnlens.features.sample import generate_sample, write_sample
 from churnlens.settings import Settings
-from churnlens.training import survival
+from churnlens.training import hazard
 from churnlens.training.metrics import kaplan_meier_baseline, survival_metrics
 from churnlens.training.survival import SurvivalModel
 
@@ -143,15 +143,15 @@ def test_survival_at_columns_and_pickle_round_trip(discrete):
 
 def test_person_periods_label_churn_and_weight_partial_exposure(monkeypatch):
     d, e = np.array([45.0, 45.0, 400.0, 0.0]), np.array([1, 0, 1, 0])
-    rows, k, y, w = survival._person_periods(d, e, np.random.default_rng(0))
+    rows, k, y, w = hazard._person_periods(d, e, np.random.default_rng(0))
     table = pd.DataFrame({"row": rows, "k": k, "y": y, "w": w})
     assert table[table.row == 0][["k", "y", "w"]].to_numpy().tolist() == [[0, 0, 1], [1, 1, 1]]
     assert table[table.row == 1][["k", "y", "w"]].to_numpy().tolist() == [[0, 0, 1], [1, 0, 0.5]]
     assert (table[table.row == 2]["y"] == 0).all() and len(table[table.row == 2]) == 12
     assert 3 not in set(rows)  # censored on the cutoff day: no exposure at all
-    monkeypatch.setattr(survival, "MAX_PERSON_PERIODS", 1000)
+    monkeypatch.setattr(hazard, "MAX_PERSON_PERIODS", 1000)
     many = np.full(1000, 400.0)
-    rows, *_ = survival._person_periods(many, np.zeros(1000), np.random.default_rng(0))
+    rows, *_ = hazard._person_periods(many, np.zeros(1000), np.random.default_rng(0))
     assert 800 < len(rows) < 1200 and len(rows) % 12 == 0  # whole rows kept or dropped
 
 
