@@ -1,21 +1,31 @@
 """Training sets over all cutoffs, and feature snapshots as of one date.
 
 These are the two ways features leave this package; training, the endpoint and the batch
-scorer all go through them, so a feature has exactly one definition.
+scorer all go through them, so a feature has exactly one definition. The steps pass
+relations to each other: cutoffs -> spine -> (daily rollup, labels) -> feature frame.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import duckdb
 import pandas as pd
-import pyarrow as pa
 
 from churnlens.features.labels import LABEL_COLUMNS, build_labels
 from churnlens.features.loading import DataSet
 from churnlens.features.queries import Feature, events_daily_sql, feature_list, feature_sql
-from churnlens.features.spine import build_spine, cutoff_dates, set_cutoffs
-from churnlens.settings import Settings
+from churnlens.features.relations import LOADED, Sources, drop, from_item, materialise
+from churnlens.features.spine import (
+    build_churn_events,
+    build_spine,
+    cutoff_dates,
+    cutoff_relation,
+    first_signup,
+)
+from churnlens.settings import FeatureSettings, Settings
+
+ARROW_BATCH_ROWS = 100_000
 
 
 @dataclass
@@ -30,30 +40,51 @@ class FeatureFrame:
         return [f.name for f in self.features]
 
 
-def compute_features(ds: DataSet, settings: Settings, with_labels: bool = False) -> pd.DataFrame:
-    """Features for every row of table `spine` (which must exist), as a pandas frame.
+def build_events_daily(con: duckdb.DuckDBPyConnection, fs: FeatureSettings,
+                       sources: Sources = LOADED) -> duckdb.DuckDBPyRelation:
+    """The events of SOURCES rolled up per customer and day (`events_daily_sql`), computed once.
 
-    with_labels: also join table `labels` (built by `churnlens.features.labels.build_labels`); the
-    join runs in DuckDB so that only one frame is ever materialised in pandas.
+    The relation reads a temporary table (`relations.drop` removes it).
     """
-    if not ds.derived:
-        ds.con.execute(f"CREATE TABLE events_daily AS {events_daily_sql(settings.features)}")
-        ds.derived = True
-    sql = feature_sql(settings.features, ds.attributes)
-    if with_labels:
-        cols = ", ".join(f"l.{c}" for c in LABEL_COLUMNS)
-        sql = (f"SELECT f.*, {cols} FROM ({sql}) f JOIN labels l "
-               "ON l.customer_id = f.customer_id AND l.cutoff = f.cutoff")
-    # Through Arrow, strings arrive as categories: a fraction of the memory of Python strings.
-    # Streamed in batches so DuckDB never holds the whole result at once.
-    reader = ds.con.sql(sql).to_arrow_reader(100_000)
-    frame = pa.Table.from_batches(reader).to_pandas(strings_to_categorical=True)
+    return materialise(con, events_daily_sql(fs, sources.events), "events_daily")
+
+
+def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelation,
+                     fs: FeatureSettings, attributes: dict[str, str], *,
+                     sources: Sources = LOADED, daily: duckdb.DuckDBPyRelation | None = None,
+                     labels: duckdb.DuckDBPyRelation | None = None) -> pd.DataFrame:
+    """Features for every row of SPINE (customer_id, cutoff), as a pandas frame.
+
+    sources: where the contract tables are; attributes: static customer columns (name ->
+    "str" | "float"); daily: the rollup of `build_events_daily` over the same customers,
+    built here (and dropped afterwards) when None; labels: a relation from
+    `churnlens.features.labels.build_labels`, joined in DuckDB so that only one frame is ever
+    materialised in pandas. Returns rows sorted by customer_id then cutoff: customer_id (str),
+    cutoff, the features of `feature_list` (numeric ones float64) and LABEL_COLUMNS if given.
+    """
+    own_daily = build_events_daily(con, fs, sources) if daily is None else None
+    try:
+        sql = feature_sql(fs, attributes, spine=from_item(spine),
+                          daily=from_item(daily if daily is not None else own_daily),
+                          sources=sources)
+        if labels is not None:
+            columns = ", ".join(f"label.{c}" for c in LABEL_COLUMNS)
+            sql = (f"SELECT feature.*, {columns} FROM ({sql}) AS feature "
+                   f"JOIN {from_item(labels)} AS label "
+                   "ON label.customer_id = feature.customer_id AND label.cutoff = feature.cutoff")
+        # Through Arrow, strings arrive as categories: a fraction of the memory of Python
+        # strings. Streamed in batches so DuckDB never holds the whole result at once.
+        table = con.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS).read_all()
+    finally:
+        drop(con, own_daily)
+    frame = table.to_pandas(strings_to_categorical=True)
+    del table
     frame["customer_id"] = frame["customer_id"].astype(str)
     # Sorted here, not in SQL: an ORDER BY would make DuckDB hold the whole result.
     frame = frame.sort_values(["customer_id", "cutoff"], ignore_index=True)
-    for f in feature_list(settings.features, ds.attributes):
-        if f.kind == "numeric":
-            frame[f.name] = frame[f.name].astype("float64")
+    for feature in feature_list(fs, attributes):
+        if feature.kind == "numeric":
+            frame[feature.name] = frame[feature.name].astype("float64")
     return frame
 
 
@@ -63,13 +94,21 @@ def build_training_set(ds: DataSet, settings: Settings) -> FeatureFrame:
     Returns a FeatureFrame whose frame has customer_id, cutoff, the features and the label
     columns of `churnlens.features.labels`. Raises ValueError when no customer is ever active.
     """
-    set_cutoffs(ds, cutoff_dates(ds, settings.cutoffs))
-    n = build_spine(ds, settings.churn)
-    if n == 0:
-        raise ValueError("no customer is active at any cutoff: check the churn definition "
-                         "and that subscriptions (or events) cover the history")
-    build_labels(ds, settings.churn, settings.horizon_days, settings.ltv.horizon_days)
-    frame = compute_features(ds, settings, with_labels=True)
+    con = ds.con
+    dates = cutoff_dates(first_signup(con), ds.observed_until, settings.cutoffs)
+    spine = build_spine(con, cutoff_relation(con, dates), settings.churn)
+    labels = None
+    try:
+        if spine.shape[0] == 0:
+            raise ValueError("no customer is active at any cutoff: check the churn definition "
+                             "and that subscriptions (or events) cover the history")
+        labels = build_labels(con, spine, build_churn_events(con, settings.churn),
+                              churn=settings.churn, horizon_days=settings.horizon_days,
+                              ltv_horizon_days=settings.ltv.horizon_days,
+                              observed_until=ds.observed_until)
+        frame = compute_features(con, spine, settings.features, ds.attributes, labels=labels)
+    finally:
+        drop(con, spine, labels)
     return FeatureFrame(frame, feature_list(settings.features, ds.attributes))
 
 
@@ -87,10 +126,12 @@ def build_snapshot(ds: DataSet, as_of: str | pd.Timestamp, settings: Settings) -
             f"as-of date {as_of.date()} is after the end of the data "
             f"({ds.observed_until.date()}): features would miss records; pick an earlier date"
         )
-    set_cutoffs(ds, [as_of])
-    build_spine(ds, settings.churn)
-    return FeatureFrame(compute_features(ds, settings),
-                        feature_list(settings.features, ds.attributes))
+    spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]), settings.churn)
+    try:
+        frame = compute_features(ds.con, spine, settings.features, ds.attributes)
+    finally:
+        drop(ds.con, spine)
+    return FeatureFrame(frame, feature_list(settings.features, ds.attributes))
 
 
 def customer_lifetimes(ds: DataSet, settings: Settings) -> pd.DataFrame:
@@ -99,14 +140,13 @@ def customer_lifetimes(ds: DataSet, settings: Settings) -> pd.DataFrame:
     Returns customer_id, signed_up_at, churned_at (NaT when still a customer), lifetime_days
     (to churn, or to the end of the data) and churned (bool).
     """
-    from churnlens.features.spine import build_churn_events
-
-    build_churn_events(ds, settings.churn)
-    return ds.con.execute("""
-        SELECT c.customer_id, c.signed_up_at, min(e.churned_at) AS churned_at,
-               date_diff('second', c.signed_up_at,
-                         coalesce(min(e.churned_at), $until)) / 86400.0 AS lifetime_days,
-               min(e.churned_at) IS NOT NULL AS churned
-        FROM customers c LEFT JOIN churn_events e USING (customer_id)
-        GROUP BY 1, 2 ORDER BY 1
+    churns = from_item(build_churn_events(ds.con, settings.churn))
+    return ds.con.execute(f"""
+        SELECT customer.customer_id, customer.signed_up_at, min(churn.churned_at) AS churned_at,
+               date_diff('second', customer.signed_up_at,
+                         coalesce(min(churn.churned_at), $until)) / 86400.0 AS lifetime_days,
+               min(churn.churned_at) IS NOT NULL AS churned
+        FROM {LOADED.customers} AS customer
+        LEFT JOIN {churns} AS churn ON churn.customer_id = customer.customer_id
+        GROUP BY customer.customer_id, customer.signed_up_at ORDER BY customer.customer_id
     """, {"until": ds.observed_until}).df()

@@ -10,48 +10,60 @@
 
 from __future__ import annotations
 
-from churnlens.features.loading import DataSet
-from churnlens.features.spine import build_churn_events, confirmation_lag_days
+import duckdb
+import pandas as pd
+
+from churnlens.features.relations import LOADED, Sources, from_item, materialise, timestamp_literal
+from churnlens.features.spine import confirmation_lag_days
 from churnlens.settings import ChurnSettings
 
 LABEL_COLUMNS = ("churned", "event", "duration_days", "churned_at", "revenue_ltv")
 
 
-def build_labels(
-    ds: DataSet, churn: ChurnSettings, horizon_days: int, ltv_horizon_days: int
-) -> None:
-    """Create table `labels` (customer_id, cutoff and LABEL_COLUMNS) for every spine row."""
-    build_churn_events(ds, churn)
+def build_labels(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelation,
+                 churn_events: duckdb.DuckDBPyRelation, *, churn: ChurnSettings,
+                 horizon_days: int, ltv_horizon_days: int, observed_until: pd.Timestamp,
+                 sources: Sources = LOADED) -> duckdb.DuckDBPyRelation:
+    """The labels of every SPINE row: customer_id, cutoff and LABEL_COLUMNS, computed once.
+
+    spine: (customer_id, cutoff) rows; churn_events: (customer_id, churned_at) from
+    `churnlens.features.spine.build_churn_events`; observed_until: exclusive end of the data.
+    The relation reads a temporary table (`relations.drop` removes it).
+    """
     lag = confirmation_lag_days(churn)
-    until = ds.observed_until
-    ds.con.execute(f"""
-        CREATE OR REPLACE TABLE labels AS
-        WITH nxt AS (
-            SELECT k.customer_id, k.cutoff, min(e.churned_at) AS churned_at
-            FROM spine k LEFT JOIN churn_events e
-              ON e.customer_id = k.customer_id AND e.churned_at >= k.cutoff
-            GROUP BY 1, 2),
-        obs AS (
+    until = timestamp_literal(observed_until)
+    rows = from_item(spine)
+    return materialise(con, f"""
+        WITH next_churn AS (
+            SELECT spine.customer_id, spine.cutoff, min(churn.churned_at) AS churned_at
+            FROM {rows} AS spine LEFT JOIN {from_item(churn_events)} AS churn
+              ON churn.customer_id = spine.customer_id AND churn.churned_at >= spine.cutoff
+            GROUP BY spine.customer_id, spine.cutoff),
+        observed AS (
             SELECT *, churned_at IS NOT NULL
-                      AND churned_at + INTERVAL {lag} DAY <= $until AS event
-            FROM nxt),
-        rev AS (
-            SELECT k.customer_id, k.cutoff,
-                   sum(CASE p.status WHEN 'paid' THEN p.amount
-                                     WHEN 'refunded' THEN -abs(p.amount) ELSE 0 END) AS revenue
-            FROM spine k JOIN payments p
-              ON p.customer_id = k.customer_id AND p.occurred_at >= k.cutoff
-             AND p.occurred_at < k.cutoff + INTERVAL {ltv_horizon_days} DAY
-            GROUP BY 1, 2)
-        SELECT o.customer_id, o.cutoff,
-            CASE WHEN o.cutoff + INTERVAL {horizon_days + lag} DAY > $until THEN NULL
-                 WHEN o.event AND o.churned_at < o.cutoff + INTERVAL {horizon_days} DAY THEN 1
+                      AND churned_at + INTERVAL {lag} DAY <= {until} AS event
+            FROM next_churn),
+        revenue AS (
+            SELECT spine.customer_id, spine.cutoff,
+                   sum(CASE payment.status WHEN 'paid' THEN payment.amount
+                        WHEN 'refunded' THEN -abs(payment.amount) ELSE 0 END) AS revenue
+            FROM {rows} AS spine JOIN {sources.payments} AS payment
+              ON payment.customer_id = spine.customer_id AND payment.occurred_at >= spine.cutoff
+             AND payment.occurred_at < spine.cutoff + INTERVAL {ltv_horizon_days} DAY
+            GROUP BY spine.customer_id, spine.cutoff)
+        SELECT observed.customer_id, observed.cutoff,
+            CASE WHEN observed.cutoff + INTERVAL {horizon_days + lag} DAY > {until} THEN NULL
+                 WHEN observed.event
+                      AND observed.churned_at < observed.cutoff + INTERVAL {horizon_days} DAY
+                 THEN 1
                  ELSE 0 END AS churned,
-            CAST(o.event AS INTEGER) AS event,
-            greatest(date_diff('second', o.cutoff, CASE WHEN o.event THEN o.churned_at
-                 ELSE $until - INTERVAL {lag} DAY END) / 86400.0, 0.0) AS duration_days,
-            CASE WHEN o.event THEN o.churned_at END AS churned_at,
-            CASE WHEN o.cutoff + INTERVAL {ltv_horizon_days} DAY > $until THEN NULL
-                 ELSE coalesce(r.revenue, 0.0) END AS revenue_ltv
-        FROM obs o LEFT JOIN rev r USING (customer_id, cutoff)
-    """, {"until": until})
+            CAST(observed.event AS INTEGER) AS event,
+            greatest(date_diff('second', observed.cutoff, CASE WHEN observed.event
+                 THEN observed.churned_at ELSE {until} - INTERVAL {lag} DAY END) / 86400.0,
+                 0.0) AS duration_days,
+            CASE WHEN observed.event THEN observed.churned_at END AS churned_at,
+            CASE WHEN observed.cutoff + INTERVAL {ltv_horizon_days} DAY > {until} THEN NULL
+                 ELSE coalesce(revenue.revenue, 0.0) END AS revenue_ltv
+        FROM observed LEFT JOIN revenue
+          ON revenue.customer_id = observed.customer_id AND revenue.cutoff = observed.cutoff
+    """, "labels")

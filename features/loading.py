@@ -63,7 +63,6 @@ class DataSet:
     observed_until: pd.Timestamp
     attributes: dict[str, str]  # static customer attribute -> "str" | "float"
     report: LoadReport
-    derived: bool = False  # derived tables (events_daily) have been built
 
 
 def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:

@@ -2,121 +2,141 @@
 
 Being active at a cutoff is decided only from what was known before it: a contract
 customer is active at c when a subscription started before c and had not ended by c; an
-inactivity customer when they had an event or payment in the N days before c.
+inactivity customer when they had an event or payment in the N days before c. Each step
+takes the relations it reads and returns a relation (`churnlens.features.relations`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import duckdb
 import pandas as pd
 
-from churnlens.features.loading import DataSet
+from churnlens.features.relations import LOADED, Sources, from_item, materialise
 from churnlens.settings import ChurnSettings, CutoffSettings
 
 FAR_FUTURE = "TIMESTAMP '9999-12-31'"
 
 
-def cutoff_dates(ds: DataSet, settings: CutoffSettings) -> list[pd.Timestamp]:
-    """Regular cutoffs (month or week starts) from the first signup to the end of the data.
+def first_signup(con: duckdb.DuckDBPyConnection, sources: Sources = LOADED) -> pd.Timestamp | None:
+    """The earliest signed_up_at of the customers table (None when it is empty)."""
+    first = con.sql(f"SELECT min(signed_up_at) FROM {sources.customers}").fetchall()[0][0]
+    return None if first is None else pd.Timestamp(first)
 
-    Raises ValueError when the data span no full period.
+
+def cutoff_dates(first: pd.Timestamp | None, observed_until: pd.Timestamp,
+                 settings: CutoffSettings) -> list[pd.Timestamp]:
+    """Regular cutoffs (month or week starts) from the first signup FIRST to the end of the data.
+
+    Raises ValueError when there are no customers (FIRST is None) or the data span no full
+    period.
     """
-    first = ds.con.execute("SELECT min(signed_up_at) FROM customers").fetchall()[0][0]
     if first is None:
         raise ValueError("customers is empty: there is nobody to score")
-    start = pd.Timestamp(first) + pd.Timedelta(days=settings.min_history_days)
+    start = first + pd.Timedelta(days=settings.min_history_days)
     freq = "MS" if settings.frequency == "month" else "W-MON"
-    cutoffs = list(
-        pd.date_range(start.normalize(), ds.observed_until, freq=freq, inclusive="right")
-    )
-    cutoffs = [c for c in cutoffs if c < ds.observed_until]
+    cutoffs = list(pd.date_range(start.normalize(), observed_until, freq=freq, inclusive="right"))
+    cutoffs = [c for c in cutoffs if c < observed_until]
     if not cutoffs:
         raise ValueError(
-            f"the data span {start.date()} to {ds.observed_until.date()}, less than one "
+            f"the data span {start.date()} to {observed_until.date()}, less than one "
             f"{settings.frequency}; cutoffs need more history"
         )
     return cutoffs
 
 
-def set_cutoffs(ds: DataSet, cutoffs: list[pd.Timestamp]) -> None:
-    """Store the cutoffs in the connection as table `cutoffs(cutoff)`.
+def cutoff_relation(con: duckdb.DuckDBPyConnection,
+                    cutoffs: Sequence[pd.Timestamp]) -> duckdb.DuckDBPyRelation:
+    """CUTOFFS as a relation of one column `cutoff`, each date once.
 
     Cutoffs are midnights (UTC): a date, not a moment, which keeps daily rollups exact.
+    Raises ValueError when CUTOFFS is empty.
     """
-    frame = pd.DataFrame(
-        {"cutoff": pd.to_datetime(cutoffs).normalize().astype("datetime64[us]")}
-    )
-    ds.con.register("_cutoffs_frame", frame)
-    ds.con.execute("CREATE OR REPLACE TABLE cutoffs AS SELECT DISTINCT cutoff FROM _cutoffs_frame")
-    ds.con.unregister("_cutoffs_frame")
+    days = sorted({pd.Timestamp(c).normalize() for c in cutoffs})
+    if not days:
+        raise ValueError("no cutoffs given: pass at least one date")
+    values = ", ".join(f"(TIMESTAMP '{day:%Y-%m-%d}')" for day in days)
+    return con.sql(f"SELECT CAST(cutoff AS TIMESTAMP) AS cutoff FROM (VALUES {values}) AS given(cutoff)")
 
 
-def build_spine(ds: DataSet, churn: ChurnSettings) -> int:
-    """Create table `spine(customer_id, cutoff)` of customers active at each cutoff.
+def build_spine(con: duckdb.DuckDBPyConnection, cutoffs: duckdb.DuckDBPyRelation,
+                churn: ChurnSettings, sources: Sources = LOADED) -> duckdb.DuckDBPyRelation:
+    """The customers active at each of CUTOFFS: a relation (customer_id, cutoff), computed once.
 
-    Needs table `cutoffs`. Returns the number of spine rows.
+    Rows are sorted by customer_id then cutoff, each pair once; only customers who signed up
+    before the cutoff. The relation reads a temporary table (`relations.drop` removes it).
     """
+    at_cutoff = from_item(cutoffs)
     if churn.definition == "contract":
-        active = """
-            SELECT DISTINCT s.customer_id, k.cutoff
-            FROM subscriptions s JOIN cutoffs k
-              ON s.started_at < k.cutoff AND (s.ended_at IS NULL OR s.ended_at >= k.cutoff)
+        active = f"""
+            SELECT DISTINCT subscription.customer_id, at_cutoff.cutoff
+            FROM {sources.subscriptions} AS subscription JOIN {at_cutoff} AS at_cutoff
+              ON subscription.started_at < at_cutoff.cutoff
+             AND (subscription.ended_at IS NULL OR subscription.ended_at >= at_cutoff.cutoff)
         """
     else:
         active = f"""
-            SELECT DISTINCT a.customer_id, k.cutoff
-            FROM ({_activity_sql()}) a JOIN cutoffs k
-              ON a.activity_at < k.cutoff AND a.activity_at >= k.cutoff - INTERVAL {churn.inactivity_days} DAY
+            SELECT DISTINCT activity.customer_id, at_cutoff.cutoff
+            FROM ({_activity_sql(sources)}) AS activity JOIN {at_cutoff} AS at_cutoff
+              ON activity.activity_at < at_cutoff.cutoff
+             AND activity.activity_at >= at_cutoff.cutoff - INTERVAL {churn.inactivity_days} DAY
         """
-    ds.con.execute(f"""
-        CREATE OR REPLACE TABLE spine AS
-        SELECT a.customer_id, a.cutoff FROM ({active}) a
-        JOIN customers c ON c.customer_id = a.customer_id AND c.signed_up_at < a.cutoff
-        ORDER BY a.customer_id, a.cutoff
-    """)
-    return ds.con.execute("SELECT count(*) FROM spine").fetchall()[0][0]
+    return materialise(con, f"""
+        SELECT active.customer_id, active.cutoff FROM ({active}) AS active
+        JOIN {sources.customers} AS customer
+          ON customer.customer_id = active.customer_id AND customer.signed_up_at < active.cutoff
+        ORDER BY active.customer_id, active.cutoff
+    """, "spine")
 
 
-def _activity_sql() -> str:
-    return """
-        SELECT customer_id, occurred_at AS activity_at FROM events
-        UNION ALL SELECT customer_id, occurred_at AS activity_at FROM payments
+def _activity_sql(sources: Sources) -> str:
+    return f"""
+        SELECT customer_id, occurred_at AS activity_at FROM {sources.events}
+        UNION ALL SELECT customer_id, occurred_at AS activity_at FROM {sources.payments}
     """
 
 
-def build_churn_events(ds: DataSet, churn: ChurnSettings) -> None:
-    """Create table `churn_events(customer_id, churned_at)`: every churn in the history.
+def build_churn_events(con: duckdb.DuckDBPyConnection, churn: ChurnSettings,
+                       sources: Sources = LOADED) -> duckdb.DuckDBPyRelation:
+    """Every churn in the history: a relation (customer_id, churned_at), a query run when read.
 
     contract: the end of a run of subscriptions with no gap longer than grace_days.
     inactivity: the last activity before a gap of inactivity_days, plus inactivity_days.
     """
     if churn.definition == "contract":
         sql = f"""
-            WITH s AS (
-                SELECT customer_id, started_at, coalesce(ended_at, {FAR_FUTURE}) AS e
-                FROM subscriptions),
-            o AS (
-                SELECT *, max(e) OVER (PARTITION BY customer_id ORDER BY started_at, e
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
-                FROM s),
-            g AS (
-                SELECT *, sum(CASE WHEN prev_end IS NULL
-                        OR started_at > prev_end + INTERVAL {churn.grace_days} DAY
+            WITH periods AS (
+                SELECT customer_id, started_at, coalesce(ended_at, {FAR_FUTURE}) AS ends_at
+                FROM {sources.subscriptions}),
+            ordered AS (
+                SELECT *, max(ends_at) OVER (PARTITION BY customer_id ORDER BY started_at, ends_at
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS previous_end
+                FROM periods),
+            runs AS (
+                SELECT *, sum(CASE WHEN previous_end IS NULL
+                        OR started_at > previous_end + INTERVAL {churn.grace_days} DAY
                         THEN 1 ELSE 0 END)
-                    OVER (PARTITION BY customer_id ORDER BY started_at, e
-                          ROWS UNBOUNDED PRECEDING) AS island
-                FROM o)
-            SELECT customer_id, max(e) AS churned_at FROM g
-            GROUP BY customer_id, island HAVING max(e) < {FAR_FUTURE}
+                    OVER (PARTITION BY customer_id ORDER BY started_at, ends_at
+                          ROWS UNBOUNDED PRECEDING) AS run
+                FROM ordered)
+            SELECT customer_id, max(ends_at) AS churned_at FROM runs
+            GROUP BY customer_id, run HAVING max(ends_at) < {FAR_FUTURE}
         """
     else:
+        silence = f"INTERVAL {churn.inactivity_days} DAY"
         sql = f"""
-            WITH a AS (SELECT DISTINCT customer_id, activity_at FROM ({_activity_sql()})),
-            n AS (SELECT customer_id, activity_at,
-                    lead(activity_at) OVER (PARTITION BY customer_id ORDER BY activity_at) AS next_at FROM a)
-            SELECT customer_id, activity_at + INTERVAL {churn.inactivity_days} DAY AS churned_at FROM n
-            WHERE next_at IS NULL OR next_at > activity_at + INTERVAL {churn.inactivity_days} DAY
+            WITH activity AS (
+                SELECT DISTINCT customer_id, activity_at FROM ({_activity_sql(sources)}) AS any_activity),
+            following AS (
+                SELECT customer_id, activity_at,
+                       lead(activity_at) OVER (PARTITION BY customer_id ORDER BY activity_at)
+                           AS next_at
+                FROM activity)
+            SELECT customer_id, activity_at + {silence} AS churned_at FROM following
+            WHERE next_at IS NULL OR next_at > activity_at + {silence}
         """
-    ds.con.execute(f"CREATE OR REPLACE TABLE churn_events AS {sql}")
+    return con.sql(sql)
 
 
 def confirmation_lag_days(churn: ChurnSettings) -> int:

@@ -27,15 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churnlens.features.build import compute_features
-from churnlens.features.contract import TABLES
+from churnlens.features.build import build_events_daily, compute_features
 from churnlens.features.loading import DataSet, load_source
-from churnlens.features.queries import events_daily_sql
-from churnlens.features.spine import build_spine, set_cutoffs
+from churnlens.features.relations import LOADED, drop, from_item
+from churnlens.features.spine import build_spine, cutoff_relation
 from churnlens.serving.records import RECORD_SCHEMA, score_table
 from churnlens.serving.stats import chunk_stats, drift_report, merge_stats
 from churnlens.settings import Settings
@@ -171,61 +171,44 @@ def _quote(value: str) -> str:
 class LocalEngine:
     """Features from DuckDB (the loaded DataSet), scored in this process.
 
-    The feature SQL reads tables by name: schema `chunk` shadows each one with a view of the
-    chunk's customers, so every query reads one chunk only. Features depend only on a
-    customer's own rows, so the restriction is exact. `events_daily` is rolled up per chunk
-    too (never for the whole base), which is exact while there are at most 64 event types:
-    each type then has its own bit whatever the numbering, so breadth counts do not change.
-    Beyond 64 types the bits are shared as numbered over the whole base, so the rollup is
-    built once for the whole base instead.
+    Each chunk's features read the spine and every contract table through queries
+    restricted to the chunk's customers, so every query reads one chunk only. Features depend
+    only on a customer's own rows, so the restriction is exact. The daily event rollup is
+    built per chunk too (never for the whole base), which is exact while there are at most
+    64 event types: each type then has its own bit whatever the numbering, so breadth counts
+    do not change. Beyond 64 types the bits are shared as numbered over the whole base, so
+    the rollup is built once for the whole base instead.
     """
 
     name = "local"
 
     def __init__(self, ds: DataSet, settings: Settings, model: ChurnModel,
-                 memory_limit: str | None = DUCKDB_MEMORY_LIMIT):
-        self.ds, self.settings, self.model = ds, settings, model
-        self.was_derived = ds.derived
+                 spine: duckdb.DuckDBPyRelation, memory_limit: str | None = DUCKDB_MEMORY_LIMIT):
+        self.ds, self.settings, self.model, self.spine = ds, settings, model, spine
         con = ds.con
         if memory_limit:
             # From here DuckDB needs memory for one chunk only: under a lower limit it moves
             # the loaded tables to its temp folder instead of holding all of them, so peak
             # memory does not grow with the base.
             con.execute(f"SET memory_limit = '{memory_limit}'")
-        types = con.execute("SELECT count(DISTINCT event) FROM main.events").fetchall()[0][0]
-        self.daily_per_chunk = types <= 64
-        if not self.daily_per_chunk and not ds.derived:
-            con.execute(f"CREATE TABLE main.events_daily AS "
-                        f"{events_daily_sql(settings.features)}")
-        ds.derived = True  # compute_features must not build the rollup itself
-        con.execute("CREATE SCHEMA IF NOT EXISTS chunk")
+        types = con.sql(f"SELECT count(DISTINCT event) FROM {LOADED.events}").fetchall()[0][0]
+        self.base_daily = (None if types <= 64
+                           else build_events_daily(con, settings.features, LOADED))
 
     def features(self, chunk: Chunk) -> pd.DataFrame:
         """Feature rows of the chunk's customers, exactly as `build_snapshot` gives them."""
-        con, between = self.ds.con, f"BETWEEN {_quote(chunk.first)} AND {_quote(chunk.last)}"
-        views = list(TABLES) + ([] if self.daily_per_chunk else ["events_daily"])
-        for t in views:
-            con.execute(f"CREATE OR REPLACE VIEW chunk.{t} AS "
-                        f"SELECT * FROM main.{t} WHERE customer_id {between}")
-        con.execute(f"CREATE OR REPLACE TABLE chunk.spine AS "
-                    f"SELECT * FROM main.spine WHERE customer_id {between}")
-        con.execute("SET search_path = 'chunk,main'")
-        try:
-            if self.daily_per_chunk:
-                con.execute(f"CREATE OR REPLACE TABLE chunk.events_daily AS "
-                            f"{events_daily_sql(self.settings.features)}")
-            return compute_features(self.ds, self.settings)
-        finally:
-            con.execute("SET search_path = 'main'")
+        in_chunk = f"customer_id BETWEEN {_quote(chunk.first)} AND {_quote(chunk.last)}"
+        daily = None if self.base_daily is None else self.base_daily.filter(in_chunk)
+        return compute_features(self.ds.con, self.spine.filter(in_chunk), self.settings.features,
+                                self.ds.attributes, sources=LOADED.where(in_chunk), daily=daily)
 
     def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
         frame = self.features(chunk)
         return score_table(self.model, frame), frame
 
     def close(self) -> None:
-        """Drop the chunk tables; the DataSet itself belongs to the caller."""
-        self.ds.con.execute("DROP SCHEMA IF EXISTS chunk CASCADE")
-        self.ds.derived = self.was_derived
+        """Drop the whole-base rollup, if any; the DataSet itself belongs to the caller."""
+        drop(self.ds.con, self.base_daily)
 
 
 @dataclass(frozen=True)
@@ -359,11 +342,12 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
         for line in ds.report.lines():
             log(line)
         as_of = parse_as_of(job.as_of, ds.observed_until)
-        set_cutoffs(ds, [as_of])
-        if build_spine(ds, settings.churn) == 0:
+        spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]), settings.churn)
+        if spine.shape[0] == 0:
             raise BatchError(f"no customer is active as of {as_of.date()}; pick a date inside "
                              f"the data (it ends {ds.observed_until.date()})")
-        ids = ds.con.sql("SELECT customer_id FROM spine ORDER BY customer_id").to_arrow_table()
+        ids = ds.con.sql(f"SELECT customer_id FROM {from_item(spine)} AS spine "
+                         "ORDER BY customer_id").to_arrow_table()
         chunks = plan_chunks(ids.column(0).combine_chunks(), job.chunk_size)
         del ids
         manifest = _manifest(as_of, model, job.model_uri, str(Path(source).resolve()),
@@ -376,9 +360,9 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
         if job.engine == "spark":
             from churnlens.serving.spark import SparkEngine  # pyspark is an optional dependency
 
-            engine = SparkEngine(ds, settings, model, job.master, spark)
+            engine = SparkEngine(ds, settings, model, spine, job.master, spark)
         else:
-            engine = LocalEngine(ds, settings, model)
+            engine = LocalEngine(ds, settings, model, spine)
         try:
             resumed = _score_chunks(engine, chunks, parts, model.reference, progress)
         finally:

@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 
 from churnlens.features.contract import TABLES
 from churnlens.features.loading import DataSet
 from churnlens.features.queries import events_daily_sql, feature_sql
+from churnlens.features.relations import LOADED, from_item
 from churnlens.serving.batch import BatchError, Chunk
 from churnlens.serving.core import score_records
 from churnlens.serving.records import RECORD_SCHEMA, record_row
@@ -35,7 +37,7 @@ def _spark_dialect():
 
     class SparkNestedCtes(Spark):
         """Spark 3+ accepts WITH inside subqueries; sqlglot's Spark (from Hive) hoists them
-        to the top, where the feature SQL's inner names (v, n) would clash."""
+        to the top, where the inner names of the feature SQL's parts could clash."""
 
         class Generator(Spark.Generator):
             EXPRESSIONS_WITHOUT_NESTED_CTES: set = set()
@@ -111,25 +113,28 @@ class SparkEngine:
     """Features as Spark SQL over the loaded tables, scored by mapInPandas.
 
     The cleaned DuckDB tables (validated by features.loading) and the spine are exported
-    once to parquet, sorted by customer id so a chunk's range filter skips row groups.
+    once to parquet, sorted by customer id so a chunk's range filter skips row groups; Spark
+    reads them as views of the names the feature SQL is built with.
     """
 
     name = "spark"
 
     def __init__(self, ds: DataSet, settings: Settings, model: ChurnModel,
-                 master: str | None = None, spark=None):
+                 spine: duckdb.DuckDBPyRelation, master: str | None = None, spark=None):
         self.model, self.settings = model, settings
         self.owns_session = spark is None
         self.spark = spark or spark_session(master)
         self.tmp = Path(tempfile.mkdtemp(prefix="churnlens-spark-"))
-        self.sql = to_spark_sql(feature_sql(settings.features, ds.attributes))
-        for t in (*TABLES, "spine", "cutoffs"):
-            order = "" if t == "cutoffs" else " ORDER BY customer_id"
-            path = self.tmp / f"{t}.parquet"
-            ds.con.execute(f"COPY (SELECT * FROM main.{t}{order}) TO '{path}' (FORMAT parquet)")
-            self.spark.read.parquet(str(path)).createOrReplaceTempView(f"{t}__all")
-            self.spark.table(f"{t}__all").createOrReplaceTempView(t)
-        daily = self.spark.sql(to_spark_sql(events_daily_sql(settings.features)))
+        self.sql = to_spark_sql(feature_sql(settings.features, ds.attributes, spine="spine",
+                                            daily="events_daily", sources=LOADED))
+        exported = {t: LOADED.of(t) for t in TABLES} | {"spine": from_item(spine)}
+        for name, source in exported.items():
+            path = self.tmp / f"{name}.parquet"
+            ds.con.execute(f"COPY (SELECT * FROM {source} AS whole ORDER BY customer_id) "
+                           f"TO '{path}' (FORMAT parquet)")
+            self.spark.read.parquet(str(path)).createOrReplaceTempView(f"{name}__all")
+            self.spark.table(f"{name}__all").createOrReplaceTempView(name)
+        daily = self.spark.sql(to_spark_sql(events_daily_sql(settings.features, LOADED.events)))
         (daily.repartitionByRange(4, "customer_id").sortWithinPartitions("customer_id")
          .write.parquet(str(self.tmp / "events_daily")))
         daily = self.spark.read.parquet(str(self.tmp / "events_daily"))
