@@ -11,14 +11,14 @@ Each part has a small JSON beside it with what the summary and the drift check n
 (`churnlens.serving.stats`), so a resumed job never re-reads finished chunks' features. Parts hold
 score records in `churnlens.serving.records.RECORD_SCHEMA`.
 
-Two engines compute a chunk: ``local`` (`LocalEngine`: DuckDB + pandas in this process) and
-``spark`` (`churnlens.serving.spark.SparkEngine`: Spark SQL translated from the same DuckDB SQL,
-scoring through ``mapInPandas``).
+Two engines compute a chunk: ``local`` (`churnlens.serving.local.LocalEngine`: DuckDB +
+pandas in this process) and ``spark`` (`churnlens.serving.spark.SparkEngine`: Spark SQL
+translated from the same DuckDB SQL, scoring through ``mapInPandas``); what the job and the
+engines share is in `churnlens.serving.chunks`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -29,24 +29,21 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churnlens.features.build import build_events_daily, compute_features
 from churnlens.features.loading import DataSet, load_source
-from churnlens.features.relations import LOADED, drop, from_item
+from churnlens.features.relations import from_item
 from churnlens.features.spine import build_spine, cutoff_relation
-from churnlens.serving.records import RECORD_SCHEMA, score_table
+from churnlens.serving.chunks import BatchError, Chunk, Engine, plan_chunks
+from churnlens.serving.local import LocalEngine
+from churnlens.serving.records import RECORD_SCHEMA
+from churnlens.serving.spark import SparkEngine
 from churnlens.serving.stats import chunk_stats, drift_report, merge_stats
 from churnlens.settings import Settings
 from churnlens.training.bundle import ChurnModel
 
 MANIFEST_FORMAT = 1
-DUCKDB_MEMORY_LIMIT = "1GB"  # DuckDB's limit while scoring chunks (loading uses its own)
-
-
-class BatchError(ValueError):
-    """The batch job cannot run as asked; the message says why and what to do."""
+ENGINES = ("local", "spark")
 
 
 Log = Callable[[str], None]
@@ -101,31 +98,6 @@ def parse_as_of(value: str, observed_until: pd.Timestamp) -> pd.Timestamp:
     return as_of
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """Customers [first, last] (sorted ids) scored together and written as one part."""
-
-    index: int
-    first: str
-    last: str
-    count: int
-    digest: str  # sha256 of the chunk's ids, one per line: same ids <=> same digest
-
-    @property
-    def part(self) -> str:
-        return f"part-{self.index:05d}"
-
-
-def plan_chunks(ids: pa.Array, chunk_size: int) -> list[Chunk]:
-    """Consecutive chunks of CHUNK_SIZE over sorted customer ids (deterministic)."""
-    chunks = []
-    for i, start in enumerate(range(0, len(ids), chunk_size)):
-        part = ids[start:start + chunk_size].to_pylist()
-        digest = hashlib.sha256("\n".join(part).encode()).hexdigest()
-        chunks.append(Chunk(i, part[0], part[-1], len(part), digest))
-    return chunks
-
-
 def _manifest(as_of: pd.Timestamp, model: ChurnModel, model_uri: str, source: str,
               observed_until: pd.Timestamp, chunk_size: int, chunks: list[Chunk]) -> dict:
     return {
@@ -162,53 +134,6 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-class LocalEngine:
-    """Features from DuckDB (the loaded DataSet), scored in this process.
-
-    Each chunk's features read the spine and every contract table through queries
-    restricted to the chunk's customers, so every query reads one chunk only. Features depend
-    only on a customer's own rows, so the restriction is exact. The daily event rollup is
-    built per chunk too (never for the whole base), which is exact while there are at most
-    64 event types: each type then has its own bit whatever the numbering, so breadth counts
-    do not change. Beyond 64 types the bits are shared as numbered over the whole base, so
-    the rollup is built once for the whole base instead.
-    """
-
-    name = "local"
-
-    def __init__(self, ds: DataSet, settings: Settings, model: ChurnModel,
-                 spine: duckdb.DuckDBPyRelation, memory_limit: str | None = DUCKDB_MEMORY_LIMIT):
-        self.ds, self.settings, self.model, self.spine = ds, settings, model, spine
-        con = ds.con
-        if memory_limit:
-            # From here DuckDB needs memory for one chunk only: under a lower limit it moves
-            # the loaded tables to its temp folder instead of holding all of them, so peak
-            # memory does not grow with the base.
-            con.execute(f"SET memory_limit = '{memory_limit}'")
-        types = con.sql(f"SELECT count(DISTINCT event) FROM {LOADED.events}").fetchall()[0][0]
-        self.base_daily = (None if types <= 64
-                           else build_events_daily(con, settings.features, LOADED))
-
-    def features(self, chunk: Chunk) -> pd.DataFrame:
-        """Feature rows of the chunk's customers, exactly as `build_snapshot` gives them."""
-        in_chunk = f"customer_id BETWEEN {_quote(chunk.first)} AND {_quote(chunk.last)}"
-        daily = None if self.base_daily is None else self.base_daily.filter(in_chunk)
-        return compute_features(self.ds.con, self.spine.filter(in_chunk), self.settings.features,
-                                self.ds.attributes, sources=LOADED.where(in_chunk), daily=daily)
-
-    def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
-        frame = self.features(chunk)
-        return score_table(self.model, frame), frame
-
-    def close(self) -> None:
-        """Drop the whole-base rollup, if any; the DataSet itself belongs to the caller."""
-        drop(self.ds.con, self.base_daily)
 
 
 @dataclass(frozen=True)
@@ -264,7 +189,7 @@ def _open_parts(job: BatchJob, manifest: dict, log: Log) -> Path:
     return parts
 
 
-def _score_chunks(engine, chunks: list[Chunk], parts: Path, reference: dict,
+def _score_chunks(engine: Engine, chunks: list[Chunk], parts: Path, reference: dict,
                   progress: bool) -> int:
     """Score every chunk whose part is missing; return how many were already done."""
     from tqdm import tqdm
@@ -323,6 +248,14 @@ def _combine(chunks: list[Chunk], parts: Path, out: Path, manifest: dict) -> Non
     tmp.replace(out)
 
 
+def _open_engine(job: BatchJob, ds: DataSet, settings: Settings, model: ChurnModel,
+                 spine: duckdb.DuckDBPyRelation, spark) -> Engine:
+    """The engine JOB asks for; pyspark is imported only when the spark engine starts."""
+    if job.engine == "spark":
+        return SparkEngine(ds, settings, model, spine, job.master, spark)
+    return LocalEngine(ds, settings, model, spine)
+
+
 def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: bool = True,
               spark=None) -> BatchResult:
     """Score every customer active at JOB.as_of into JOB.out (see the module docstring).
@@ -333,8 +266,8 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
     t0 = time.perf_counter()
     if job.chunk_size < 1:
         raise BatchError(f"chunk size must be at least 1, got {job.chunk_size}")
-    if job.engine not in ("local", "spark"):
-        raise BatchError(f"engine must be local or spark, not {job.engine!r}")
+    if job.engine not in ENGINES:
+        raise BatchError(f"engine must be one of {', '.join(ENGINES)}, not {job.engine!r}")
     model = load_model(job.model_uri)
     source = str(job.source or settings.data.source)
     ds = load_source(source, settings.data.observed_until)
@@ -357,12 +290,7 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
             f"of up to {job.chunk_size:,} on the {job.engine} engine")
         job.out.parent.mkdir(parents=True, exist_ok=True)
         parts = _open_parts(job, manifest, log)
-        if job.engine == "spark":
-            from churnlens.serving.spark import SparkEngine  # pyspark is an optional dependency
-
-            engine = SparkEngine(ds, settings, model, spine, job.master, spark)
-        else:
-            engine = LocalEngine(ds, settings, model, spine)
+        engine = _open_engine(job, ds, settings, model, spine, spark)
         try:
             resumed = _score_chunks(engine, chunks, parts, model.reference, progress)
         finally:

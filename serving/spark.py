@@ -24,7 +24,7 @@ from churnlens.features.contract import TABLES
 from churnlens.features.loading import DataSet
 from churnlens.features.queries import events_daily_sql, feature_sql
 from churnlens.features.relations import LOADED, from_item
-from churnlens.serving.batch import BatchError, Chunk
+from churnlens.serving.chunks import BatchError, Chunk
 from churnlens.serving.core import score_records
 from churnlens.serving.records import RECORD_SCHEMA, record_row
 from churnlens.settings import Settings
@@ -155,10 +155,10 @@ class SparkEngine:
     def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
         from pyspark.sql import functions as F
 
-        for t in (*TABLES, "spine", "events_daily"):
-            (self.spark.table(f"{t}__all")
+        for name in (*TABLES, "spine", "events_daily"):
+            (self.spark.table(f"{name}__all")
              .where(F.col("customer_id").between(chunk.first, chunk.last))
-             .createOrReplaceTempView(t))
+             .createOrReplaceTempView(name))
         frame = self.spark.sql(self.sql)
         tasks = self.spark.sparkContext.defaultParallelism
         scored = frame.repartition(tasks).mapInPandas(
