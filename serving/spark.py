@@ -79,8 +79,22 @@ def to_spark_sql(sql: str) -> str:
     return tree.sql(dialect=_spark_dialect())
 
 
+def java_missing() -> str | None:
+    """Why Spark cannot start a JVM here (no `java` on PATH, no JAVA_HOME), or None."""
+    if shutil.which("java") or os.environ.get("JAVA_HOME"):
+        return None
+    return "Spark needs Java 17: no `java` on PATH and JAVA_HOME is not set"
+
+
 def spark_session(master: str | None):
-    """A Spark session: local mode on 127.0.0.1 without UI by default, UTC in any case."""
+    """A Spark session: local mode on 127.0.0.1 without UI by default, UTC in any case.
+
+    Raises BatchError when there is no Java to run Spark with.
+    """
+    missing = java_missing()
+    if missing:
+        raise BatchError(f"the spark engine cannot start: {missing}; install a JDK 17 "
+                         "(e.g. apt-get install openjdk-17-jre-headless) or use the local engine")
     from pyspark.sql import SparkSession
 
     local = master is None or master.startswith("local")

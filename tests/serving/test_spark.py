@@ -11,12 +11,13 @@ import pytest
 
 from churnlens.serving.batch import BatchError, run_batch
 from churnlens.serving.records import table_records
-from churnlens.serving.spark import spark_session, to_spark_sql
+from churnlens.serving.spark import java_missing, spark_session, to_spark_sql
 from tests.fixtures_model import TrainedEnv
 from tests.serving.test_batch import Env, assert_same_records, batch_env
 
 pytest.importorskip("pyspark")
-pytestmark = pytest.mark.slow
+# A Spark session takes ~10 s to start: the tests that need one are slow, the others not.
+needs_java = pytest.mark.skipif(java_missing() is not None, reason=str(java_missing()))
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def spark():
     session.stop()
 
 
+@pytest.mark.slow
+@needs_java
 def test_translation_keeps_duckdb_semantics(spark):
     # Sub-second times (DuckDB counts second boundaries), a decimal divisor (Spark would
     # round in DECIMAL) and a 64th bit (no unsigned type in Spark).
@@ -46,11 +49,22 @@ def test_translation_keeps_duckdb_semantics(spark):
     assert got == want == (10 / 86400, 3.5, 1)
 
 
+def test_without_java_the_engine_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    assert java_missing() == "Spark needs Java 17: no `java` on PATH and JAVA_HOME is not set"
+    with pytest.raises(BatchError, match=r"spark engine cannot start: Spark needs Java 17.*"
+                                         r"install a JDK 17"):
+        spark_session("local[1]")
+
+
 def test_translation_refuses_what_it_cannot_keep_exact():
     with pytest.raises(BatchError, match=r"date_diff\('day', \.\.\.\) has no exact Spark"):
         to_spark_sql("SELECT date_diff('day', a, b) FROM t")
 
 
+@pytest.mark.slow
+@needs_java
 def test_engines_give_identical_records(env, spark, tmp_path):
     outs = {}
     for engine in ("local", "spark"):
