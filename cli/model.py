@@ -112,13 +112,14 @@ def report(args: argparse.Namespace) -> None:
     uri = tracking_uri(settings.mlflow)
     require_store(uri)
     quiet_mlflow()
+    import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from churnlens.training.report import report_for_run
-    from churnlens.training.tracking import configure
 
-    configure(settings.mlflow)
+    # Reading only: no experiment to create, and no model code (LightGBM) to import.
+    mlflow.set_tracking_uri(uri)
     found = args.run_id
     try:
         if found is None:
