@@ -329,23 +329,26 @@ def _p_quiet(b, trans, i, cut, state, season, horizon, visits: bool) -> np.ndarr
     alpha_k = (alpha_(k-1) P) * P(quiet on day k | regime).
 
     The chain moves only engaged <-> lapsing -> dormant -> lapsing / gone, so the product
-    with P is written out on per-row coefficients (a dense (rows, 4) @ (4, 4) is 20x slower).
+    with P is written out on per-row coefficients (a dense (rows, 4) @ (4, 4) is 20x
+    slower), and the quiet factors are computed once per run of days of equal season.
     """
-    cls = b.loyalty[i]
-    pr = {(u, v): trans[cls, u, v] for u in range(3) for v in range(4)}  # contiguous rows
-    a = [(state == s).astype(float) for s in range(4)]
-    rate = (b.rate[i] / _YEAR).astype(np.float32)
-    seen = [(visits * _VISITS[s] * b.visit_w[i]).astype(np.float32) for s in range(4)]
-    mult = _MULT.astype(np.float32)
-    for k in range(horizon):
-        a = [a[0] * pr[0, 0] + a[1] * pr[1, 0],
-             a[0] * pr[0, 1] + a[1] * pr[1, 1] + a[2] * pr[2, 1],
-             a[1] * pr[1, 2] + a[2] * pr[2, 2],
-             a[2] * pr[2, 3] + a[3]]
-        r = rate * season[cut + k].astype(np.float32)
-        # float32 exp is vectorised (several times faster); its 1e-7 error is immaterial.
-        a = [a[s] * np.exp(-r * mult[s] - seen[s]) for s in range(4)]
-    return a[0] + a[1] + a[2] + a[3]
+    out = np.empty(i.size)
+    for d in np.unique(cut):
+        at = np.flatnonzero(cut == d)
+        pr = {(u, v): trans[b.loyalty[i[at]], u, v] for u in range(3) for v in range(4)}
+        a = [(state[at] == s).astype(float) for s in range(4)]
+        rate, window = b.rate[i[at]] / _YEAR, season[d:d + horizon]
+        seen = [visits * _VISITS[s] * b.visit_w[i[at]] for s in range(4)]
+        starts = np.flatnonzero(np.r_[True, window[1:] != window[:-1]])
+        for lo, hi in zip(starts, np.r_[starts[1:], horizon], strict=True):
+            quiet = [np.exp(-rate * window[lo] * _MULT[s] - seen[s]) for s in range(4)]
+            for _ in range(hi - lo):
+                a = [(a[0] * pr[0, 0] + a[1] * pr[1, 0]) * quiet[0],
+                     (a[0] * pr[0, 1] + a[1] * pr[1, 1] + a[2] * pr[2, 1]) * quiet[1],
+                     (a[1] * pr[1, 2] + a[2] * pr[2, 2]) * quiet[2],
+                     (a[2] * pr[2, 3] + a[3]) * quiet[3]]
+        out[at] = a[0] + a[1] + a[2] + a[3]
+    return out
 
 
 def _pending_refunds(refund, i, cut, origin, ltv, n) -> np.ndarray:
