@@ -66,7 +66,8 @@ def visible(table: str, source: str, *, spine: str | None = None, cutoffs: str |
     if window_days is None:
         on = f"record.customer_id = known_at.customer_id AND {before}"
     else:
-        on = f"{before} AND record.{time_column} >= known_at.cutoff - INTERVAL {int(window_days)} DAY"
+        since = f"known_at.cutoff - INTERVAL {int(window_days)} DAY"
+        on = f"{before} AND record.{time_column} >= {since}"
     return (f"SELECT known_at.cutoff, {', '.join(columns)} "
             f"FROM {source} AS record JOIN {keys} AS known_at ON {on}")
 

@@ -57,7 +57,8 @@ def cutoff_relation(con: duckdb.DuckDBPyConnection,
     if not days:
         raise ValueError("no cutoffs given: pass at least one date")
     values = ", ".join(f"(TIMESTAMP '{day:%Y-%m-%d}')" for day in days)
-    return con.sql(f"SELECT CAST(cutoff AS TIMESTAMP) AS cutoff FROM (VALUES {values}) AS given(cutoff)")
+    return con.sql(f"SELECT CAST(cutoff AS TIMESTAMP) AS cutoff "
+                   f"FROM (VALUES {values}) AS given(cutoff)")
 
 
 def build_spine(con: duckdb.DuckDBPyConnection, cutoffs: duckdb.DuckDBPyRelation,
@@ -127,7 +128,8 @@ def build_churn_events(con: duckdb.DuckDBPyConnection, churn: ChurnSettings,
         silence = f"INTERVAL {churn.inactivity_days} DAY"
         sql = f"""
             WITH activity AS (
-                SELECT DISTINCT customer_id, activity_at FROM ({_activity_sql(sources)}) AS any_activity),
+                SELECT DISTINCT customer_id, activity_at
+                FROM ({_activity_sql(sources)}) AS any_activity),
             following AS (
                 SELECT customer_id, activity_at,
                        lead(activity_at) OVER (PARTITION BY customer_id ORDER BY activity_at)
