@@ -63,13 +63,15 @@ def classification_metrics(y, p) -> dict[str, float]:
     """Discrimination and calibration of churn probabilities P against 0/1 outcomes Y.
 
     calibration_error is the mean |observed rate - mean prediction| over 10 quantile bins of
-    P, weighted by bin size; top_decile_* use the 10% of rows with the highest P.
-    Raises ValueError for length mismatches, missing values, a single class in Y, or P
+    P, weighted by bin size; top_decile_* use the 10% of rows with the highest P, with rows
+    tied at the cut sharing the places left (`top_share_churners`), so a constant score has
+    lift 1 whatever the row order. Raises ValueError for length mismatches, missing values, a single class in Y, or P
     outside [0, 1].
     """
     y, p = _labels_and_probs(y, p)
     table = calibration_table(y, p, bins=10)
-    top = np.argsort(-p, kind="stable")[: int(np.ceil(y.size / 10))]
+    k = int(np.ceil(y.size / 10))
+    caught = top_share_churners(y, p, k)
     return {
         "roc_auc": float(roc_auc_score(y, p)),
         "pr_auc": float(average_precision_score(y, p)),
@@ -77,9 +79,21 @@ def classification_metrics(y, p) -> dict[str, float]:
         "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
         "calibration_error": float(np.average((table["observed"] - table["predicted"]).abs(),
                                               weights=table["n"])),
-        "top_decile_lift": float(y[top].mean() / y.mean()),
-        "top_decile_capture": float(y[top].sum() / y.sum()),
+        "top_decile_lift": float(caught / k / y.mean()),
+        "top_decile_capture": float(caught / y.sum()),
     }
+
+
+def top_share_churners(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    """Expected churners among the K rows of highest P, ties at the cut taken at random.
+
+    Rows scored above the K-th highest score count fully; the rows tied with it fill the
+    places left, each with the same share, so they count their mean outcome per place.
+    """
+    threshold = np.partition(p, p.size - k)[p.size - k]
+    above, tied = p > threshold, p == threshold
+    places = k - int(above.sum())
+    return float(y[above].sum() + places * y[tied].mean())
 
 
 def calibration_table(y, p, bins: int = 10) -> pd.DataFrame:

@@ -35,6 +35,27 @@ def test_perfect_ranking_scores_one():
     assert m["top_decile_capture"] == 1.0
 
 
+@pytest.mark.parametrize("churners_first", [True, False])
+def test_a_constant_score_has_lift_one_whatever_the_row_order(churners_first):
+    y = np.array([1] * 10 + [0] * 90) if churners_first else np.array([0] * 90 + [1] * 10)
+    m = classification_metrics(y, np.full(100, 0.1))
+    assert m["top_decile_lift"] == pytest.approx(1.0)
+    assert m["top_decile_capture"] == pytest.approx(0.1)
+
+
+def test_rows_tied_at_the_cut_share_the_places_left():
+    # 5 rows above the cut (2 churners), then 20 tied rows (4 churners) for 5 more places
+    # of the top 10 of 100: 2 + 5 * 4/20 = 3 expected churners of the 10 in all.
+    y = np.array([1, 1, 0, 0, 0] + [1] * 4 + [0] * 16 + [1] * 4 + [0] * 71)
+    p = np.array([0.9] * 5 + [0.5] * 20 + [0.1] * 75)
+    m = classification_metrics(y, p)
+    assert m["top_decile_capture"] == pytest.approx(3 / 10)
+    assert m["top_decile_lift"] == pytest.approx((3 / 10) / 0.1)
+    shuffled = np.random.default_rng(0).permutation(100)
+    again = classification_metrics(y[shuffled], p[shuffled])
+    assert again["top_decile_lift"] == pytest.approx(m["top_decile_lift"])
+
+
 def test_known_brier_log_loss_and_zero_calibration_error():
     y, p = _calibrated_toy()
     m = classification_metrics(y, p)
