@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CUSTOMERS ?= 20000
+AS_OF ?= 2026-10-31
+SNAPSHOT := work/snapshots/features-$(AS_OF).parquet
+NOTEBOOK := notebooks/01-explore-and-evaluate.ipynb
 
-.PHONY: setup demo test lint lock clean
+.PHONY: setup demo test test-fast notebook lint lock clean
 
 setup: $(VENV)/.installed
 
@@ -16,24 +19,42 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
+# `train` writes the run's HTML report itself (work/reports/). The last step prints what to
+# run next, with a customer id taken from the snapshot the server will load.
 demo: setup
 	$(BIN)/churnlens sample-data --customers $(CUSTOMERS) --seed 0
 	$(BIN)/churnlens features
 	$(BIN)/churnlens train
-	$(BIN)/churnlens report
-	$(BIN)/churnlens features --as-of 2026-10-31
-	@echo "done: reports in work/reports/, MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	$(BIN)/churnlens features --as-of $(AS_OF)
+	@id=$$($(BIN)/python -c "import pyarrow.parquet as pq; print(pq.read_table('$(SNAPSHOT)', columns=['customer_id']).column(0)[0])") && \
+	printf '%s\n' "" "next:" \
+	  "  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db    # runs, plots, models: http://127.0.0.1:5000" \
+	  "  $(BIN)/churnlens serve    # scores over HTTP on http://127.0.0.1:3000 (Ctrl+C stops it); then, in another shell:" \
+	  "  curl -s -H 'Content-Type: application/json' -d '{\"customers\": [{\"customer_id\": \"$$id\"}]}' http://127.0.0.1:3000/score_customer" \
+	  "  $(BIN)/churnlens score --as-of $(AS_OF) --out work/scores/$(AS_OF).parquet    # every active customer, in batch"
 
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The inner loop: everything but the end-to-end tests that train a model or start a server.
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The notebook executed top to bottom, as HTML with its plots (outputs never go into git).
+notebook: setup
+	$(BIN)/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=900 \
+	    --output-dir work/notebooks $(NOTEBOOK)
+	@echo "open work/notebooks/$(basename $(notdir $(NOTEBOOK))).html, or edit it live: $(BIN)/jupyter lab $(NOTEBOOK)"
+
 lint: setup
 	$(BIN)/ruff check .
 
 # Re-resolve pinned versions after changing dependencies in pyproject.toml.
-lock:
-	uv pip compile pyproject.toml --extra dev --extra spark -p 3.11 -o requirements.lock
+# (order-only: an outdated .venv need not be reinstalled from the old lock first)
+lock: | $(VENV)/.installed
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra spark -p 3.11 -o requirements.lock
 
 clean:
 	rm -rf $(VENV) data work mlruns mlflow.db models/*.tmp
