@@ -135,7 +135,7 @@ def generate(n_customers: int, seed: int = 0, *, horizon_days: int = HORIZON_DAY
     cutoff = _secs(end - pd.Timedelta(days=horizon_days))
     starts = _month_grid(end - pd.Timedelta(days=horizon_days + 365.25 * HISTORY_YEARS), end)
     rng = np.random.default_rng(seed)
-    draw = int(n_customers * 3.0) + 50
+    draw = int(n_customers * 5.0) + 50  # about 23% of signups are still customers at c
     while True:  # signups until enough accounts survive to the cutoff (once, nearly always)
         acc = _draw_accounts(draw, starts, cutoff, rng)
         churn_t, e_prev, e_cut = _simulate(acc, starts, cutoff, _secs(end), rng)
@@ -161,15 +161,13 @@ def generate(n_customers: int, seed: int = 0, *, horizon_days: int = HORIZON_DAY
 
 
 def _validate(n, seed, horizon_days, end) -> pd.Timestamp:
-    def is_int(x):
-        return isinstance(x, int | np.integer) and not isinstance(x, bool)
-
-    if not is_int(n) or n < 1:
-        raise ValueError(f"n_customers must be an integer >= 1, got {n!r}")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    if not is_int(horizon_days) or not 1 <= horizon_days <= 366:
-        raise ValueError(f"horizon_days must be an integer from 1 to 366, got {horizon_days!r}")
+    checks = [("n_customers", n, 1, None), ("seed", seed, 0, None),
+              ("horizon_days", horizon_days, 1, 366)]
+    for name, value, lo, hi in checks:
+        if (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < lo
+                or (hi is not None and value > hi)):
+            bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+            raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
     try:
         ts = EXPORT_DATE if end is None else pd.Timestamp(end)
     except (TypeError, ValueError) as exc:
@@ -233,10 +231,10 @@ def _draw_accounts(n: int, starts: np.ndarray, cutoff: int, rng) -> _Accounts:
     )
 
 
-def _anchor(acc: _Accounts, k: int, starts: np.ndarray) -> np.ndarray:
-    """Anchor time of every account in grid month ``k`` (day of month clipped to its length)."""
+def _anchor(dom: np.ndarray, start: np.ndarray, k: int, starts: np.ndarray) -> np.ndarray:
+    """Anchor time in grid month ``k`` of accounts with these anchor days and start times."""
     length = (starts[k + 1] - starts[k]) // _DAY
-    return starts[k] + (np.minimum(acc.dom, length) - 1) * _DAY + acc.start % _DAY
+    return starts[k] + (np.minimum(dom, length) - 1) * _DAY + start % _DAY
 
 
 def _anchor_prob(contract, static, tenure, e):
@@ -271,14 +269,14 @@ def _simulate(acc: _Accounts, starts: np.ndarray, cutoff: int, end: int, rng):
             e_prev = np.where(acc.smonth <= k, e, np.nan)
         if k == k_cut:
             e_cut = e.copy()
-        tenure = k - acc.smonth
-        anchor = _anchor(acc, k, starts)
-        at_risk = (tenure >= 1) & (churn_t == _NEVER) & (anchor < end)
-        p = _anchor_prob(acc.contract, acc.static, tenure, e)
-        hit = at_risk & (rng.random(n) < p)
-        churn_t[hit] = anchor[hit]
-        # Accounts that have not started keep their ramp value until their start month.
-        e = np.where(tenure >= 0, _ar_step(e, acc.mu, rng), e)
+        # Only accounts that have started and not churned move; the others' state is unused.
+        live = np.flatnonzero((acc.smonth <= k) & (churn_t == _NEVER))
+        tenure = k - acc.smonth[live]
+        anchor = _anchor(acc.dom[live], acc.start[live], k, starts)
+        p = _anchor_prob(acc.contract[live], acc.static[live], tenure, e[live])
+        hit = (tenure >= 1) & (anchor < end) & (rng.random(live.size) < p)
+        churn_t[live[hit]] = anchor[hit]
+        e[live] = _ar_step(e[live], acc.mu[live], rng)
     return churn_t, e_prev, e_cut
 
 
@@ -297,7 +295,7 @@ def _churn_prob(acc, e_cut, starts, cutoff, end, rng) -> np.ndarray:
         for k in months:
             if k > k_cut:
                 e = _ar_step(np.broadcast_to(e, (e.shape[0], MC_PATHS)), part.mu[:, None], rng)
-            anchor = _anchor(part, k, starts)
+            anchor = _anchor(part.dom, part.start, k, starts)
             tenure = k - part.smonth
             inside = (tenure >= 1) & (anchor >= cutoff) & (anchor < end)
             p = _anchor_prob(part.contract[:, None], part.static[:, None], tenure[:, None], e)

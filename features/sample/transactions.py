@@ -1,15 +1,17 @@
 """Synthetic retail purchase log without contracts, with the true purchase outlook.
 
 Customers are acquired at their first purchase over the 3.5 years before the end E
-(default 2026-11-01; acquisitions double over that span) and buy again, or not, under a
-latent process that is deliberately not BG/NBD, Pareto/NBD or Gamma-Gamma:
+(default 2026-11-01; acquisitions double over that span and follow the season) and buy
+again, or not, under a latent process that is deliberately not BG/NBD, Pareto/NBD or
+Gamma-Gamma:
 
 * a daily Markov chain over four regimes: engaged, lapsing, dormant, gone (absorbing).
   Engaged customers lapse after a geometric stay whose mean depends on a loyalty class
   (90 / 240 / 600 days); lapsing ones re-engage or fall dormant after ~75 days; dormant
   ones wake up to lapsing (30%) or leave for good after ~300 days. The first regime after
   the first order is engaged more often for newsletter subscribers and loyal classes,
-  dormant often enough that a large share buy once only;
+  less often for holiday-season first orders (gift buyers), and dormant often enough that
+  a large share buy once only;
 * purchases are Poisson given the regime: a customer rate (lognormal, median 3.5 a year,
   by category and channel) times 1 / 0.3 / 0.03 / 0.005 by regime, times a calendar season
   (November and December high, January low);
@@ -27,19 +29,18 @@ the first order, acquisition_channel, country, first_order_category, newsletter 
 later row carrying the refunded order's amount), ``events`` (customer_id, occurred_at,
 event, quantity 1) and ``truth``.
 
-``truth`` has one row per customer with a first order before each of the last 12 month
-starts c with c + horizon <= E: cutoff, true_state (the regime on the day before c),
-true_p_purchase = P(a purchase in [c, c + horizon)), true_churn_prob = 1 - true_p_purchase,
-true_p_active = P(a purchase or a visit in that window, for a churn that counts events as
-activity), true_purchases = expected number of purchases in [c, c + horizon) and true_revenue_ltv =
-expected paid minus refunded revenue in [c, c + ltv_horizon_days), as the labels count it
-(refunds of orders placed before c that fall in the window are known to the generator and
-included). All are exact: forward recursions over the regime chain and closed forms, no
-Monte Carlo. The earliest cutoffs' LTV windows lie inside the data and can be checked.
+``truth``: one row per customer with a first order before each of the last 12 month
+starts c with c + horizon <= E (the earliest ones' LTV windows lie inside the data):
+cutoff, true_state (the regime on the day before c), true_p_purchase = P(an order in
+[c, c + horizon)), true_churn_prob = 1 - true_p_purchase, true_p_active = P(an order or a
+visit in that window, if events count as activity), true_purchases = expected orders in
+it, true_revenue_ltv = expected paid minus refunded revenue in [c, c + ltv_horizon_days)
+as the labels count it (refunds already decided for orders before c included). All exact:
+forward recursions over the regime chain and closed forms, no Monte Carlo.
 
-Settings to train on it: ``churn.definition: inactivity`` with churn meaning no purchase in
-[c, c + horizon) (90 days by default), ``ltv.horizon_days: 365``; every customer with a
-first order before c belongs in the spine, gone quiet or not.
+Settings to train on it: churn = no purchase in [c, c + horizon) (``churn.definition:
+inactivity``), ``horizon_days: 90``, ``ltv.horizon_days: 365``, and every customer with a
+first order before c in the spine, gone quiet or not.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def generate(n_customers: int, seed: int = 0, *, horizon_days: int = HORIZON_DAY
     origin = int(first.value // 10**9)
     season = _SEASON[pd.date_range(first, periods=n_days + ltv_horizon_days + 1).month - 1]
     rng = np.random.default_rng(seed)
-    b = _draw_buyers(n_customers, n_days, origin, rng)
+    b = _draw_buyers(n_customers, season[:n_days], origin, rng)
     seg = _regimes(b, n_days, rng)
     width = max(6, len(str(n_customers)))
     ids = np.char.add("C", np.char.zfill(np.arange(1, n_customers + 1).astype(str), width))
@@ -151,18 +152,14 @@ def generate(n_customers: int, seed: int = 0, *, horizon_days: int = HORIZON_DAY
 
 
 def _validate(n, seed, horizon_days, end, ltv_horizon_days) -> pd.Timestamp:
-    def is_int(x):
-        return isinstance(x, int | np.integer) and not isinstance(x, bool)
-
-    if not is_int(n) or n < 1:
-        raise ValueError(f"n_customers must be an integer >= 1, got {n!r}")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    if not is_int(horizon_days) or not 1 <= horizon_days <= 366:
-        raise ValueError(f"horizon_days must be an integer from 1 to 366, got {horizon_days!r}")
-    if not is_int(ltv_horizon_days) or not 1 <= ltv_horizon_days <= 1096:
-        raise ValueError(f"ltv_horizon_days must be an integer from 1 to 1096, "
-                         f"got {ltv_horizon_days!r}")
+    checks = [("n_customers", n, 1, None), ("seed", seed, 0, None),
+              ("horizon_days", horizon_days, 1, 366),
+              ("ltv_horizon_days", ltv_horizon_days, 1, 1096)]
+    for name, value, lo, hi in checks:
+        if (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < lo
+                or (hi is not None and value > hi)):
+            bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+            raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
     try:
         ts = END_DATE if end is None else pd.Timestamp(end)
     except (TypeError, ValueError) as exc:
@@ -181,16 +178,19 @@ def _pick(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return (u[:, None] > np.cumsum(probs, axis=1)[:, :-1]).sum(axis=1)
 
 
-def _draw_buyers(n: int, n_days: int, origin: int, rng) -> _Buyers:
-    g = np.log(2.0)  # acquisitions double over the history: inverse CDF of exp(g t)
-    acq_day = np.sort((np.log1p(rng.random(n) * (np.exp(g) - 1)) / g * n_days).astype(np.int64))
+def _draw_buyers(n: int, season: np.ndarray, origin: int, rng) -> _Buyers:
+    # Acquisitions double over the history and follow the season (inverse CDF of the days).
+    n_days = season.size
+    weight = np.cumsum(np.exp(np.log(2.0) * np.arange(n_days) / n_days) * season)
+    acq_day = np.sort(np.searchsorted(weight, rng.random(n) * weight[-1], "right"))
+    holiday = season[acq_day] > 1.2  # holiday shoppers are more often one-off gift buyers
     channel = _pick(rng, np.broadcast_to(_CHANNEL_P, (n, 5)))
     category = _pick(rng, np.broadcast_to(_CATEGORY_P, (n, 5)))
     loyalty = _pick(rng, _LOYALTY_P[channel])
     newsletter = rng.random(n) < 0.45
     z_rate, z_value = rng.standard_normal(n), rng.standard_normal(n)
     p_engaged = 1 / (1 + np.exp(0.6 - 1.0 * newsletter - 0.5 * (loyalty == 2)
-                                + 0.5 * (loyalty == 0)))
+                                + 0.5 * (loyalty == 0) + 0.6 * holiday))
     state0 = np.where(rng.random(n) < p_engaged, 0, np.where(rng.random(n) < 0.55, 1, 2))
     return _Buyers(
         acq_day=acq_day, first_t=origin + acq_day * _DAY + rng.integers(6 * 3600, _DAY, n),
@@ -290,38 +290,43 @@ def _truth(b, seg, refund, season, cut_days, origin, horizon, ltv) -> dict[str, 
     i = np.concatenate([r for r, _ in rows])
     cut = np.concatenate([np.full(r.size, d) for r, d in rows])
     state = _state_on(seg, i, cut - 1)
-    # mean_mult[c, k, s] = E[rate multiplier on day cut + k | regime s the day before the
-    # cutoff] = (P_c^(k+1) @ _MULT)[s]; the same for every cutoff.
+    purchases, revenue = _expectations(b, trans, i, cut, state, season, horizon, ltv)
+    revenue -= _pending_refunds(refund, i, cut, origin, ltv, b.acq_day.size)
+    return {"i": i, "cut": cut, "state": state, "purchases": purchases, "revenue": revenue,
+            "p_purchase": 1 - _p_quiet(b, trans, i, cut, state, season, horizon, False),
+            "p_active": 1 - _p_quiet(b, trans, i, cut, state, season, horizon, True)}
+
+
+def _expectations(b, trans, i, cut, state, season, horizon, ltv):
+    """Expected orders in the horizon and net revenue of window orders in the LTV window.
+
+    Orders are Poisson given the regimes, values independent of them given the customer:
+    E[orders on day cut + k] = rate * season * (P^(k+1) @ _MULT)[regime the day before],
+    E[value | order on day d] = exp(value_mu + sd^2 / 2 + growth * (d - acq_day)), and an
+    order on day cut + k is refunded inside the window when its delay (3..30 days,
+    uniform) is short enough. Tenure growth factors out, so sums are per (class, regime).
+    """
     steps = max(horizon, ltv)
-    mean_mult = np.empty((3, steps, 4))
+    mean_mult = np.empty((3, steps, 4))  # E[rate multiplier on day cut + k | class, regime]
     for c in range(3):
         power = np.eye(4)
         for k in range(steps):
             power = power @ trans[c]
             mean_mult[c, k] = power @ _MULT
-    # Orders are Poisson given the regimes and values independent of them given the customer:
-    # E[count] = rate * sum_k mean_mult * season, and E[value | order on day d] =
-    # exp(value_mu + sd^2 / 2) * exp(growth * (d - acq_day)); an order on day cut + k is
-    # refunded inside the LTV window when its delay (3..30 days, uniform) is short enough.
     k = np.arange(steps)
-    inside = np.clip(ltv - k - 3, 0, 28) / 28
+    inside = np.clip(ltv - k[:ltv] - 3, 0, 28) / 28
     purchases, paid, refunded = (np.empty(i.size) for _ in range(3))
-    for d in cut_days:
+    for d in np.unique(cut):
         at = np.flatnonzero(cut == d)
         w = mean_mult * (season[d + k] / _YEAR)[None, :, None]  # (class, day, regime)
-        grow = np.exp(_VALUE_TENURE * (d + k[:ltv]) / _YEAR)[None, :, None]
+        grow = w[:, :ltv] * np.exp(_VALUE_TENURE * (d + k[:ltv]) / _YEAR)[None, :, None]
         cls, st = b.loyalty[i[at]], state[at]
         purchases[at] = w[:, :horizon].sum(axis=1)[cls, st]
-        paid[at] = (w[:, :ltv] * grow).sum(axis=1)[cls, st]
-        refunded[at] = (w[:, :ltv] * grow * inside[None, :ltv, None]).sum(axis=1)[cls, st]
+        paid[at] = grow.sum(axis=1)[cls, st]
+        refunded[at] = (grow * inside[None, :, None]).sum(axis=1)[cls, st]
     scale = b.rate[i] * np.exp(b.value_mu[i] + _VALUE_SD**2 / 2
                                - _VALUE_TENURE * b.acq_day[i] / _YEAR)
-    revenue = scale * (paid - _REFUND_P[b.category[i]] * refunded)
-    revenue -= _pending_refunds(refund, i, cut, origin, ltv, b.acq_day.size)
-    return {"i": i, "cut": cut, "state": state, "purchases": b.rate[i] * purchases,
-            "revenue": revenue,
-            "p_purchase": 1 - _p_quiet(b, trans, i, cut, state, season, horizon, False),
-            "p_active": 1 - _p_quiet(b, trans, i, cut, state, season, horizon, True)}
+    return b.rate[i] * purchases, scale * (paid - _REFUND_P[b.category[i]] * refunded)
 
 
 def _p_quiet(b, trans, i, cut, state, season, horizon, visits: bool) -> np.ndarray:
@@ -357,8 +362,7 @@ def _pending_refunds(refund, i, cut, origin, ltv, n) -> np.ndarray:
     for d in np.unique(cut):
         c0, at = origin + d * _DAY, np.flatnonzero(cut == d)
         hit = (refund["placed"] < c0) & (refund["t"] >= c0) & (refund["t"] < c0 + ltv * _DAY)
-        owed = np.bincount(refund["i"][hit], weights=refund["amount"][hit],
-                           minlength=n)
+        owed = np.bincount(refund["i"][hit], weights=refund["amount"][hit], minlength=n)
         out[at] = owed[i[at]]
     return out
 
