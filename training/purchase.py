@@ -13,6 +13,8 @@ the predictions is in the same unit. `expected_revenue` combines the two over a 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy.special import betaln, digamma, gammaln, hyp2f1, logsumexp
@@ -48,7 +50,8 @@ def _rfm_arrays(x, t_x, T, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     except ValueError:
         raise ValueError(f"{where}: x, t_x and T have lengths {x.size}, {t_x.size}, {T.size}; "
                          "pass one value per customer for each") from None
-    _check((x < 0) | (x != np.round(x)), where, "have a frequency x that is not a whole number >= 0")
+    _check((x < 0) | (x != np.round(x)), where,
+           "have a frequency x that is not a whole number >= 0")
     _check((t_x < 0) | (t_x > T), where, "have a recency t_x outside [0, T]")
     _check((x == 0) & (t_x != 0), where, "have x = 0 repeat purchases but recency t_x != 0")
     return x, t_x, T
@@ -64,6 +67,10 @@ def _fit_log_params(neg_loglik, start: np.ndarray, penalizer: float, max_iter: i
     differences of the analytic gradient), from which `_store` takes standard errors.
     """
     from scipy.optimize import minimize  # fitting only: scoring code need not import it
+
+    if not penalizer >= 0 or int(max_iter) != max_iter or max_iter < 1:
+        raise ValueError(f"penalizer must be >= 0 and max_iter a whole number >= 1, got "
+                         f"penalizer={penalizer}, max_iter={max_iter}")
 
     def objective(theta):
         params = np.exp(theta)
@@ -107,8 +114,15 @@ class _Estimator:
             se = np.full(params.size, np.nan)
         self.params_se_ = dict(zip(self._params, se.tolist(), strict=True))
         self.log_likelihood_ = mean_loglik * n
-        self.converged_ = bool(result.success) and bool(np.all(np.abs(result.x) < LOG_BOUND - 1e-6))
+        at_bound = [n for n, v in zip(self._params, result.x, strict=True)
+                    if abs(v) >= LOG_BOUND - 1e-6]
+        self.converged_ = bool(result.success) and not at_bound
         self.n_customers_ = n
+        if not self.converged_:
+            warnings.warn(f"{type(self).__name__}.fit did not converge ({result.message}; "
+                          f"parameters at a bound: {at_bound or 'none'}); the data may not "
+                          "identify the model: try more customers or penalizer > 0",
+                          RuntimeWarning, stacklevel=3)
 
     @property
     def params_(self) -> dict[str, float]:
@@ -120,8 +134,10 @@ class _Estimator:
 class BetaGeo(_Estimator):
     """BG/NBD purchase model; `fit(x, t_x, T)` learns r_, alpha_, a_, b_.
 
-    penalizer: L2 weight on the log-parameters (0 = plain maximum likelihood); max_iter:
-    L-BFGS-B iterations. After `fit`: params_se_ (standard errors from the observed
+    penalizer: weight of an L2 penalty on the log-parameters, added to the mean negative
+    log-likelihood per customer (0 = plain maximum likelihood); max_iter: L-BFGS-B
+    iterations; `fit` rejects a negative penalizer or max_iter < 1 (ValueError) and warns
+    (RuntimeWarning) when it did not converge. After `fit`: params_se_ (standard errors from the observed
     information), log_likelihood_, converged_ (False when the optimiser stopped early or a
     parameter ran to its bound), n_customers_.
     """

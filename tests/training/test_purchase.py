@@ -346,8 +346,18 @@ def test_rfm_summary_ignores_records_at_or_after_the_cutoff(late):
     (lambda f: f.assign(occurred_at=["yesterday"] * 7), "column 'occurred_at' does not parse"),
     (lambda f: f.assign(amount=[np.inf] + [1.0] * 6), "column 'amount' holds 1 infinite value"),
 ])
+@pytest.mark.filterwarnings("ignore:Could not infer format")  # pandas, on the unparseable case
 def test_rfm_summary_rejects_bad_logs(change, message):
     with pytest.raises(ValueError, match=message):
         rfm_summary(change(purchase_log()), "2026-01-15")
     with pytest.raises(ValueError, match=r"unit must be one of \['D', 'W'\], got 'M'"):
         rfm_summary(purchase_log(), "2026-01-15", unit="M")
+
+
+def test_bad_settings_are_rejected_and_non_convergence_warns():
+    sim = simulate(500, seed=1)
+    with pytest.raises(ValueError, match="penalizer must be >= 0 and max_iter a whole number"):
+        BetaGeo(penalizer=-1.0).fit(*rfm(sim))
+    with pytest.warns(RuntimeWarning, match="BetaGeo.fit did not converge"):
+        model = BetaGeo(max_iter=1).fit(*rfm(sim))
+    assert not model.converged_
