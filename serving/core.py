@@ -1,129 +1,33 @@
-"""The scoring core: feature rows in, score records out.
+"""Score records: feature rows in, the records of DESIGN.md out.
 
-The endpoint, the batch scorer and the MLflow pyfunc all call `score_frame` /
-`score_records`, so every path gives the same numbers for the same feature row.
+The numbers come from the scoring core, `churnlens.training.scoring` (re-exported here),
+which the MLflow pyfunc calls too; this module adds ids, dates, the model reference and
+the drivers, for the endpoint and the batch scorer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from churnlens.training.bundle import ChurnModel
-from churnlens.training.drivers import explain, risk_tier
-from churnlens.training.ltv import expected_ltv, monthly_grid, monthly_revenue
+from churnlens.training.drivers import explain
+from churnlens.training.scoring import (
+    SURVIVAL_DAYS,
+    FeatureInputError,
+    Prepared,
+    check_features,
+    prepare,
+    score_arrays,
+    score_frame,
+)
 
-SURVIVAL_DAYS = ("30", "90", "180", "365")
-
-
-class FeatureInputError(ValueError):
-    """Feature rows given for scoring are missing columns or hold values of the wrong type."""
-
-
-def check_features(model: ChurnModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """Check and coerce feature rows: every model feature present, numerics numeric.
-
-    Returns a frame (sharing the columns that need no change) with numeric features as
-    float64 (None/NaN stays NaN: LightGBM and the survival model treat it as unknown, which
-    is what a null means). Raises FeatureInputError naming the missing or malformed columns
-    and the offending rows. The input frame is never modified.
-    """
-    missing = [f.name for f in model.features if f.name not in frame.columns]
-    if missing:
-        raise FeatureInputError(f"missing feature column(s): {', '.join(missing)}")
-    dtypes = frame.dtypes
-    changed = {}
-    for f in model.features:
-        dtype = dtypes[f.name]
-        if f.kind != "numeric":
-            if not (isinstance(dtype, pd.CategoricalDtype) or dtype == np.dtype(object)
-                    or pd.api.types.is_string_dtype(dtype)):
-                changed[f.name] = frame[f.name].astype("string").astype(object)
-        elif dtype == np.float64:
-            continue  # the common case (snapshots, batch chunks): nothing to do
-        elif isinstance(dtype, np.dtype) and dtype.kind in "biuf":
-            changed[f.name] = frame[f.name].astype("float64")
-        else:
-            changed[f.name] = _to_float(f.name, frame[f.name])
-    if not changed:
-        return frame
-    out = frame.copy(deep=False)
-    for name, values in changed.items():
-        out[name] = values
-    return out
-
-
-def _to_float(name: str, col: pd.Series) -> pd.Series:
-    values = pd.to_numeric(col, errors="coerce")
-    bad = values.isna() & col.notna()
-    if bad.any():
-        rows = list(col.index[bad][:3])
-        raise FeatureInputError(
-            f"feature {name} must be a number; rows {rows} hold {list(col[bad][:3])}")
-    return values.astype("float64")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Checked feature rows with the risk and survival models' input matrices.
-
-    Built once by `prepare` for rows that are scored often (a server's snapshot); `take`
-    picks rows by position without encoding them again.
-    """
-
-    frame: pd.DataFrame
-    risk: np.ndarray
-    survival: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def take(self, positions: Sequence[int]) -> Prepared:
-        idx = np.asarray(positions, dtype=np.intp)
-        return Prepared(self.frame.iloc[idx], self.risk[idx], self.survival[idx])
-
-
-def prepare(model: ChurnModel, frame: pd.DataFrame | Prepared) -> Prepared:
-    """Check FRAME (`check_features`) and encode it for both models, once."""
-    if isinstance(frame, Prepared):
-        return frame
-    checked = check_features(model, frame)
-    return Prepared(checked, model.risk.encode(checked), model.survival.encode(checked))
-
-
-def _scores(model: ChurnModel, rows: Prepared, num_threads: int | None
-            ) -> dict[str, np.ndarray]:
-    """The score columns of prepared rows; the survival model predicts once."""
-    checked = rows.frame
-    prob = model.risk.predict_proba(rows.risk, num_threads=num_threads)
-    days = np.array([float(d) for d in SURVIVAL_DAYS])
-    months = monthly_grid(model.ltv.horizon_days)
-    curve, remaining = model.survival.survival_and_remaining(rows.survival,
-                                                             np.concatenate([days, months]))
-    surv, monthly = curve[:, :days.size], curve[:, days.size:]
-    out = {"churn_probability": prob, "risk_tier": risk_tier(prob, model.tiers)}
-    for j, d in enumerate(SURVIVAL_DAYS):
-        out[f"survival_{d}"] = surv[:, j]
-    out["expected_remaining_days"] = remaining
-    out["expected_ltv"] = expected_ltv(monthly, monthly_revenue(checked),
-                                       model.ltv.horizon_days, model.ltv.annual_discount_rate)
-    return out
-
-
-def score_frame(model: ChurnModel, frame: pd.DataFrame | Prepared,
-                num_threads: int | None = None) -> pd.DataFrame:
-    """Scores for feature rows as flat columns (one row per input row, same order).
-
-    Columns: churn_probability, risk_tier, survival_30/90/180/365,
-    expected_remaining_days, expected_ltv. Raises FeatureInputError on bad input.
-    """
-    rows = prepare(model, frame)
-    return pd.DataFrame(_scores(model, rows, num_threads), index=rows.frame.index)
-
+__all__ = ["SURVIVAL_DAYS", "FeatureInputError", "Prepared", "Scored", "check_features",
+           "prepare", "score_arrays", "score_columns", "score_frame", "score_records"]
 
 def _clean(value):
     """JSON-friendly scalar: numpy types to Python, NaN to None."""
@@ -152,7 +56,7 @@ def score_columns(model: ChurnModel, frame: pd.DataFrame | Prepared,
     """The parts of the score records of FRAME's rows, as columns (see `score_records`)."""
     rows = prepare(model, frame)
     checked = rows.frame
-    scores = _scores(model, rows, num_threads)
+    scores = score_arrays(model, rows, num_threads)
     if with_drivers:
         contrib = model.risk.contributions(rows.risk, num_threads=num_threads)
         # JSON-friendly already: explain gives str, float or None values.

@@ -1,13 +1,13 @@
 """`churnlens train`: data source -> registered, evaluated, explained model in MLflow.
 
-Each step is a function of its inputs; `train` only wires them together and logs.
+Each step is a function of its inputs; `train` only wires them together, says what each
+stage did and how long it took, and logs.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +29,22 @@ from churnlens.training.evaluation import (
     evaluate_survival,
     oracle_probabilities,
 )
+from churnlens.training.progress import Stages, boosting_bar, candidates_bar, quiet_third_party
 from churnlens.training.reference import reference_distributions
-from churnlens.training.report import render
+from churnlens.training.report import render, report_title, run_subtitle
 from churnlens.training.risk import RiskModel
 from churnlens.training.split import Split, temporal_split
+from churnlens.training.summary import description, run_facts
 from churnlens.training.survival import SurvivalModel
-from churnlens.training.tracking import GateResult, configure, log_model, register_and_gate
+from churnlens.training.tracking import (
+    GateResult,
+    configure,
+    describe,
+    log_datasets,
+    log_model,
+    register_and_gate,
+    runs_page,
+)
 
 
 @dataclass
@@ -45,14 +55,18 @@ class TrainResult:
     metrics: dict[str, float]
     report_path: Path
     notes: list[str] = field(default_factory=list)
+    experiment_id: str = ""
+    runs_url: str = ""  # the experiment's runs in the MLflow UI (`tracking.runs_page`)
 
 
-def fit_model(ff: FeatureFrame, split: Split, settings: Settings) -> ChurnModel:
-    """Fit the risk and survival models on their slices and bundle them for scoring."""
-    seed = settings.training.seed
-    risk = RiskModel(ff.features, settings.training.lightgbm, seed)
-    risk.fit(split.train, split.validation, split.calibration)
-    survival = SurvivalModel(ff.features, seed=seed).fit(split.survival_train, split.validation)
+def fit_model(ff: FeatureFrame, split: Split, settings: Settings,
+              stages: Stages | None = None) -> ChurnModel:
+    """Fit the risk and survival models on their slices and bundle them for scoring.
+
+    stages: where to say what each model did, with progress bars; None = silently.
+    """
+    risk = _fit_risk(ff, split, settings, stages)
+    survival = _fit_survival(ff, split, settings.training.seed, stages)
     reference = reference_distributions(split.train, ff.features, risk.predict_proba(split.test))
     return ChurnModel(
         features=ff.features, risk=risk, survival=survival,
@@ -60,6 +74,38 @@ def fit_model(ff: FeatureFrame, split: Split, settings: Settings) -> ChurnModel:
         playbooks=settings.playbooks, top_n=settings.drivers.top_n,
         reference=reference,
     )
+
+
+def _fit_risk(ff: FeatureFrame, split: Split, settings: Settings, stages: Stages | None
+              ) -> RiskModel:
+    risk = RiskModel(ff.features, settings.training.lightgbm, settings.training.seed)
+    if stages is None:
+        return risk.fit(split.train, split.validation, split.calibration)
+    with boosting_bar("risk: LightGBM") as tick:
+        risk.fit(split.train, split.validation, split.calibration, callbacks=[tick])
+    stages.line("risk model", f"LightGBM, {risk.best_iteration_} trees (early stopping on "
+                f"validation, at most {settings.training.lightgbm.n_estimators})",
+                risk.seconds_["boosting"])
+    briers = ", ".join(f"{m} {b:.5f}" for m, b in risk.calibration_brier_.items())
+    stages.line("calibration", f"{risk.calibration_method_} kept (cross-fitted Brier on the "
+                f"calibration slice: {briers})", risk.seconds_["calibration"])
+    return risk
+
+
+def _fit_survival(ff: FeatureFrame, split: Split, seed: int, stages: Stages | None
+                  ) -> SurvivalModel:
+    survival = SurvivalModel(ff.features, seed=seed)
+    if stages is None:
+        return survival.fit(split.survival_train, split.validation)
+    with candidates_bar(survival.candidates) as (tick, advance):
+        def report(name: str, scores: dict) -> None:
+            advance(name, scores)
+            stages.line(f"survival {name}", f"validation IBS {scores['ibs']:.4f}, "
+                        f"concordance {scores['concordance']:.4f}", scores["seconds"])
+        survival.fit(split.survival_train, split.validation, callbacks=[tick],
+                     on_candidate=report)
+    stages.line("survival model", f"{survival.chosen_} kept (lowest validation IBS)")
+    return survival
 
 
 def evaluate(model: ChurnModel, ff: FeatureFrame, split: Split, source) -> Evaluation:
@@ -99,18 +145,18 @@ def make_plots(model: ChurnModel, split: Split, ev: Evaluation) -> dict[str, byt
 
 
 def _log(settings: Settings, params_path: Path | None, fp: dict, ev: Evaluation,
-         images: dict[str, bytes], report_html: str) -> None:
+         images: dict[str, bytes], facts: dict[str, str]) -> None:
     flat = pd.json_normalize(json.loads(settings.model_dump_json()), sep=".").iloc[0]
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
     if params_path is not None and params_path.exists():
         mlflow.log_artifact(str(params_path))
     mlflow.log_dict(fp, "data_fingerprint.json")
     mlflow.set_tags({f"data.{k}": v for k, v in fp.items()})
+    mlflow.set_tags({**facts, "model_name": settings.mlflow.model_name})
     mlflow.log_metrics({k: v for k, v in ev.metrics.items() if np.isfinite(v)})
     for name, png in images.items():
         mlflow.log_image(_png_array(png), f"plots/{name}.png")
     mlflow.log_text("\n".join(ev.notes), "notes.txt")
-    mlflow.log_text(report_html, "report.html")
     mlflow.log_text(yaml.safe_dump(json.loads(settings.model_dump_json())), "settings.yaml")
 
 
@@ -120,34 +166,94 @@ def _png_array(png: bytes) -> np.ndarray:
 
 def train(settings: Settings, source=None, promote: str = "auto",
           params_path: Path | None = None, log=print) -> TrainResult:
-    """Train, evaluate, log to MLflow, register and gate. Returns what happened."""
+    """Train, evaluate, log to MLflow, register and gate. Returns what happened.
+
+    log: called with one line per stage (what it did and its time); progress bars of the
+    long stages go to stderr when it is a terminal.
+    """
     source = source or settings.data.source
-    t0 = time.perf_counter()
-    ds = load_source(source, settings.data.observed_until)
-    ff = build_training_set(ds, settings)
-    log(f"training set: {len(ff.frame):,} rows, {ff.frame['cutoff'].nunique()} cutoffs "
-        f"({time.perf_counter() - t0:.1f} s)")
-    split = temporal_split(ff.frame, settings.horizon_days, settings.training)
-    log(f"split by {split.method}: train {len(split.train):,}, validation "
-        f"{len(split.validation):,}, calibration {len(split.calibration):,}, test "
-        f"{len(split.test):,} rows")
-    configure(settings.mlflow)
-    with mlflow.start_run() as run:
-        model = fit_model(ff, split, settings)
-        model.info = {"name": settings.mlflow.model_name, "version": None,
-                      "run_id": run.info.run_id, "trained_at": pd.Timestamp.now("UTC").isoformat()}
-        log(f"models fitted ({time.perf_counter() - t0:.1f} s): risk calibrated by "
-            f"{model.risk.calibration_method_}, survival {model.survival.chosen_}")
+    stages = Stages(log)
+    with quiet_third_party():
+        with stages("load") as stage:
+            ds = load_source(source, settings.data.observed_until)
+            customers = ds.report.rows_kept.get("customers", 0)
+            stage.detail = (f"{customers:,} customers from {source}, observed until "
+                            f"{ds.observed_until.date()}")
+        with stages("training set") as stage:
+            ff = build_training_set(ds, settings)
+            stage.detail = (f"{len(ff.frame):,} (customer, cutoff) rows over "
+                            f"{ff.frame['cutoff'].nunique()} cutoffs, {len(ff.features)} features")
+        with stages("split") as stage:
+            split = temporal_split(ff.frame, settings.horizon_days, settings.training)
+            stage.detail = (f"by {split.method}: train {len(split.train):,}, validation "
+                            f"{len(split.validation):,}, calibration {len(split.calibration):,}"
+                            f", test {len(split.test):,} rows")
+        with stages("tracking") as stage:
+            uri = stage.detail = configure(settings.mlflow)
+        with mlflow.start_run() as run:
+            result = _tracked(settings, source, promote, params_path, stages, ds, customers,
+                              ff, split, run)
+    result.experiment_id = run.info.experiment_id
+    result.runs_url = runs_page(uri, run.info.experiment_id)
+    stages.done(f"run {run.info.run_id}; the runs of experiment {settings.mlflow.experiment} "
+                f"in the MLflow UI: {result.runs_url}")
+    return result
+
+
+def _tracked(settings: Settings, source, promote: str, params_path: Path | None,
+             stages: Stages, ds, customers: int, ff: FeatureFrame, split: Split, run
+             ) -> TrainResult:
+    """The stages inside the MLflow run: models, evaluation, plots, logging, registry."""
+    name = settings.mlflow.model_name
+    model = fit_model(ff, split, settings, stages)
+    model.info = {"name": name, "version": None, "run_id": run.info.run_id,
+                  "trained_at": pd.Timestamp.now("UTC").isoformat()}
+    with stages("evaluation") as stage:
         ev = evaluate(model, ff, split, source)
-        model.info["metrics"] = {k: v for k, v in ev.metrics.items() if k.startswith("test.risk.")}
+        m = ev.metrics
+        stage.detail = (f"test ROC-AUC {m['test.risk.roc_auc']:.4f} (logistic "
+                        f"{m['test.logistic.roc_auc']:.4f}), concordance "
+                        f"{m['test.survival.concordance']:.4f}"
+                        + (f", LTV Spearman {m['test.ltv.spearman']:.4f}"
+                           if "test.ltv.spearman" in m else ""))
+    model.info["metrics"] = {k: v for k, v in ev.metrics.items() if k.startswith("test.risk.")}
+    with stages("plots") as stage:
         images = make_plots(model, split, ev)
-        report_html = render(f"churnlens run {run.info.run_name}", ev.metrics, ev.notes, images)
-        _log(settings, params_path, fingerprint(ds), ev, images, report_html)
+        stage.detail = ", ".join(images)
+    origin = "in-memory tables" if isinstance(source, dict) else str(source)
+    facts = run_facts(origin, customers, ff.frame, split, model)
+    with stages("logging") as stage:
+        _log(settings, params_path, fingerprint(ds), ev, images, facts)
+        log_datasets({"training": split.train, "validation": split.validation,
+                      "calibration": split.calibration, "test": split.test}, source)
         model_uri = log_model(model, split.test)
-        auc = ev.metrics["test.risk.roc_auc"]
-        gate = register_and_gate(model_uri, settings.mlflow.model_name, auc, split.test, promote)
-        mlflow.set_tags({"promotion": gate.reason, "registered_version": gate.version})
-    report_path = Path(settings.paths.work_dir) / "reports" / f"run-{run.info.run_id}.html"
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(report_html)
+        stage.detail = (f"params, {len(ev.metrics)} metrics, {len(images)} plots, 4 datasets "
+                        f"and the model to run {run.info.run_name}")
+    with stages("registry") as stage:
+        gate = register_and_gate(model_uri, name, ev.metrics["test.risk.roc_auc"], split.test,
+                                 promote)
+        stage.detail = (f"{name} v{gate.version}: "
+                        f"{'promoted to champion' if gate.promoted else 'not promoted'}, "
+                        f"{gate.reason}")
+    report_path = _report(settings, run, stages, ev, images, facts, gate)
     return TrainResult(run.info.run_id, model_uri, gate, ev.metrics, report_path, ev.notes)
+
+
+def _report(settings: Settings, run, stages: Stages, ev: Evaluation, images: dict[str, bytes],
+            facts: dict[str, str], gate: GateResult) -> Path:
+    """Describe the run and its model version, and write the report (logged and to disk)."""
+    name = settings.mlflow.model_name
+    with stages("report") as stage:
+        facts["registered_version"] = gate.version
+        text = description(facts, ev.metrics, name, gate.version, gate.reason)
+        mlflow.set_tags({"promotion": gate.reason, "registered_version": gate.version})
+        describe(run.info.run_id, text, name, gate.version, text)
+        report_html = render(report_title(facts, name), ev.metrics, ev.notes, images, facts,
+                             run_subtitle(run.info.run_name, run.info.run_id,
+                                          run.info.start_time))
+        mlflow.log_text(report_html, "report.html")
+        path = Path(settings.paths.work_dir) / "reports" / f"run-{run.info.run_id}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report_html)
+        stage.detail = f"{path}; the run and v{gate.version} described in MLflow"
+    return path

@@ -8,6 +8,9 @@ knowledge (see MONOTONE); they make the directional behaviour tests hold for eve
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -55,7 +58,7 @@ class RiskModel:
     on tens of thousands of rows on the shared 2-core machine).
     Learned: booster_, categories_ (levels per category feature), calibrator_,
     calibration_method_ ("platt" | "isotonic"), calibration_brier_ (cross-fitted Brier
-    score per method), best_iteration_.
+    score per method), best_iteration_, seconds_ ({"boosting", "calibration"}: fit times).
     """
 
     def __init__(self, features: list[Feature], params: LightGBMSettings, seed: int = 42,
@@ -70,12 +73,13 @@ class RiskModel:
         return [f.name for f in self.features]
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame,
-            calibration: pd.DataFrame) -> RiskModel:
+            calibration: pd.DataFrame, callbacks: Sequence[Callable] = ()) -> RiskModel:
         """Train on TRAIN, early-stop on VALIDATION, calibrate on CALIBRATION; returns self.
 
         Each frame needs the feature columns and a 0/1 `churned` label (calibration also
-        `customer_id`, to keep a customer's rows in one calibration fold). Raises ValueError
-        on missing columns, missing labels or a slice with a single class.
+        `customer_id`, to keep a customer's rows in one calibration fold). callbacks: extra
+        LightGBM callbacks, called once per boosting round (a progress bar). Raises
+        ValueError on missing columns, missing labels or a slice with a single class.
         """
         for name, part in (("train", train), ("validation", validation),
                            ("calibration", calibration)):
@@ -87,19 +91,24 @@ class RiskModel:
             raise ValueError(f"calibration slice has only {fewest} rows of its rarer class; "
                              "2-fold cross-fitted calibration needs at least 4 of each: "
                              "use more calibration cutoffs or customers")
+        started = time.perf_counter()
         self.categories_ = _learn_categories(train, self.features)
         dtrain = self._dataset(train)
         dvalid = self._dataset(validation, reference=dtrain)
         booster = lgb.train(
             self._lgb_params(), dtrain, num_boost_round=self.params.n_estimators,
             valid_sets=[dvalid], valid_names=["validation"],
-            callbacks=[lgb.early_stopping(self.params.early_stopping_rounds, verbose=False)],
+            callbacks=[lgb.early_stopping(self.params.early_stopping_rounds, verbose=False),
+                       *callbacks],
         )
         self.best_iteration_ = int(booster.best_iteration or booster.num_trees())
         # Keep only the trees up to the best iteration: a smaller booster is faster TreeSHAP.
         self.booster_ = lgb.Booster(
             model_str=booster.model_to_string(num_iteration=self.best_iteration_))
+        boosted = time.perf_counter()
         self._calibrate(calibration)
+        self.seconds_ = {"boosting": boosted - started,
+                         "calibration": time.perf_counter() - boosted}
         return self
 
     def _lgb_params(self) -> dict:

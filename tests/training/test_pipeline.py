@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -9,9 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from churnlens.features.sample import generate_sample, write_sample
-from churnlens.serving.core import score_frame
 from churnlens.settings import Settings
 from churnlens.training.pipeline import train
+from churnlens.training.progress import STAGE_WIDTH
+from churnlens.training.scoring import score_frame
 from churnlens.training.tracking import load_bundle, plain_inputs
 
 pytestmark = pytest.mark.slow
@@ -27,13 +33,30 @@ def trained(tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     settings = Settings(data={"source": source}, paths={"work_dir": root / "work"})
-    result = train(settings, log=lambda *_: None)
-    yield settings, result, source
+    lines, stderr = [], io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        result = train(settings, log=lines.append)
+    yield settings, result, source, lines, stderr.getvalue()
     mp.undo()
 
 
+STAGES = ["load", "training set", "split", "tracking", "risk model", "calibration",
+          "survival weibull_aft", "survival discrete_lgbm", "survival model", "evaluation",
+          "plots", "logging", "registry", "report", "done"]
+
+
+def test_training_says_each_stage_with_its_time_and_nothing_else(trained):
+    *_, lines, stderr = trained
+    assert [line[:STAGE_WIDTH].strip() for line in lines] == STAGES
+    timed = [line for line in lines if not line.startswith("survival model")]
+    assert all(re.search(r"  \(\d+\.\d s\)$", line) for line in timed), timed
+    assert "workflowType=machine_learning" in lines[-1]
+    for noise in ("Downloading artifacts", "CloudPickle", "Successfully registered", "INFO"):
+        assert noise not in stderr
+
+
 def test_quality_against_oracle_and_baselines(trained):
-    _, result, _ = trained
+    _, result, *_ = trained
     m = result.metrics
     assert m["test.risk.roc_auc"] >= m["test.oracle.roc_auc"] - 0.02
     assert m["test.risk.roc_auc"] > m["test.logistic.roc_auc"]
@@ -43,7 +66,7 @@ def test_quality_against_oracle_and_baselines(trained):
 
 
 def test_run_is_logged_and_registered_as_champion(trained):
-    settings, result, _ = trained
+    settings, result, *_ = trained
     client = MlflowClient()
     run = client.get_run(result.run_id)
     assert run.data.metrics["test.risk.roc_auc"] == pytest.approx(result.metrics["test.risk.roc_auc"])
@@ -54,11 +77,29 @@ def test_run_is_logged_and_registered_as_champion(trained):
     assert {"plots/calibration.png", "plots/gain.png", "plots/drivers.png"} <= plots
     champion = client.get_model_version_by_alias(settings.mlflow.model_name, "champion")
     assert str(champion.version) == result.gate.version and result.gate.promoted
-    assert result.report_path.exists() and "<img" in result.report_path.read_text()
+    page = result.report_path.read_text()
+    assert "<img" in page and f"<h1>churnlens v{result.gate.version}</h1>" in page
+    assert re.findall(r"<h3>(\w+):", page) == ["Risk", "Survival", "LTV"]
+
+
+def test_run_has_its_data_inputs_and_descriptions(trained):
+    settings, result, *_ = trained
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    contexts = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(contexts) == {"training", "validation", "calibration", "test"}
+    assert len({d.digest for d in contexts.values()}) == 4
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**churnlens v{result.gate.version}**. Trained on ")
+    assert "test ROC-AUC" in note and "Promotion: no champion yet" in note
+    version = client.get_model_version(settings.mlflow.model_name, result.gate.version)
+    assert version.description == note
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_pyfunc_from_mlflow_scores_like_the_model_in_memory(trained):
-    _, result, source = trained
+    _, result, source, *_ = trained
     bundle = load_bundle(result.model_uri)
     rows = _test_rows(source)
     pyfunc = mlflow.pyfunc.load_model(result.model_uri)
@@ -67,6 +108,9 @@ def test_pyfunc_from_mlflow_scores_like_the_model_in_memory(trained):
     in_memory = score_frame(bundle, inputs)
     pd.testing.assert_frame_equal(from_mlflow.reset_index(drop=True),
                                   in_memory.reset_index(drop=True))
+    # Logged as code (no CloudPickle of a class): MLflow runs training/pyfunc.py to load it.
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    assert "model_code_path" in (local / "MLmodel").read_text()
 
 
 def _test_rows(source) -> pd.DataFrame:
@@ -77,7 +121,7 @@ def _test_rows(source) -> pd.DataFrame:
 
 
 def test_gate_keeps_a_worse_challenger_out(trained):
-    settings, first, source = trained
+    settings, first, source, *_ = trained
     worse = Settings(
         data={"source": source}, paths=settings.paths.model_dump(),
         training={"lightgbm": {"n_estimators": 2, "num_leaves": 2, "max_depth": 1}},

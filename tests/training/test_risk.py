@@ -85,10 +85,17 @@ def test_pickled_model_gives_identical_predictions(model, test_rows):
 
 
 def test_retraining_with_the_same_seed_is_identical(data, model, test_rows):
+    # ... also with a progress callback, which sees every boosting round and changes nothing.
     ff, split, _ = data
-    again = RiskModel(ff.features, Settings().training.lightgbm, seed=42).fit(
-        split.train, split.validation, split.calibration)
+    rounds = []
+    params = Settings().training.lightgbm
+    again = RiskModel(ff.features, params, seed=42).fit(
+        split.train, split.validation, split.calibration,
+        callbacks=[lambda env: rounds.append(env.iteration)])
     assert np.array_equal(again.predict_proba(test_rows), model.predict_proba(test_rows))
+    stopped = min(params.n_estimators, again.best_iteration_ + params.early_stopping_rounds)
+    assert rounds == list(range(stopped))
+    assert set(again.seconds_) == {"boosting", "calibration"}
 
 
 def test_small_and_large_batches_agree(model, test_rows):
