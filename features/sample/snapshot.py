@@ -5,12 +5,12 @@ at the cutoff c = E - horizon (default 31 days: c = 2026-10-01), with its attrib
 subscription and, for the accounts that churned in [c, E), the end date. Accounts that
 churned before c are not in the export, so every account's tenure is a survivor's tenure.
 
-Latent process. Accounts start over the six years before c (signups grow 2x over that
+Latent process. Accounts start over the six years before c (signups grow 4x over that
 span); all churn happens at an account's monthly anchor date (the day of month it started).
 The probability of churning at the anchor of month k is 1 - exp(-exp(log h)), where log h
 sums, without any link to a logistic or tree model of the exported columns:
 
-* contract x tenure: month-to-month accounts carry log(0.3 + 1.7 exp(-tenure / 6 months))
+* contract x tenure: month-to-month accounts carry log(0.35 + 1.6 exp(-tenure / 4 months))
   (new accounts churn most); yearly contracts churn mainly at each anniversary and two-year
   contracts at every second one (first renewal worst), with a small off-cycle hazard;
 * usage: engagement e, an AR(1) per month (phi 0.85) around an account mean that ramps up
@@ -21,9 +21,10 @@ sums, without any link to a logistic or tree model of the exported columns:
 * small firms (< 10 employees) fail more; premium support protects larger accounts only;
   card payers on monthly contracts lapse more; paid-channel accounts are frailer;
 * an unobserved frailty per account (normal on the log scale, sd 0.6), which also makes the
-  survivors of long tenures the robust ones.
+  survivors of long tenures the robust ones;
+* a smooth cap on log h at 1, so no account is certain to leave (P <= 0.93 a month).
 
-Tables (sorted by customer_id, ids C000001..., timestamps tz-naive UTC):
+Tables (sorted by customer_id, ids C000001... in signup order, timestamps tz-naive UTC):
 
 * ``customers``: customer_id, signed_up_at, segment, industry, country,
   acquisition_channel, contract_type (month / year / two_year), payment_method,
