@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 
 import duckdb
@@ -18,9 +16,6 @@ from tests.fixtures_model import TrainedEnv
 from tests.serving.test_batch import Env, assert_same_records, batch_env
 
 pytest.importorskip("pyspark")
-if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-    pytest.skip("Spark needs Java 17: no java on PATH and no JAVA_HOME (Debian: apt-get install "
-                "openjdk-17-jre-headless)", allow_module_level=True)
 # A Spark session takes ~10 s to start: the tests that need one are slow, the others not.
 needs_java = pytest.mark.skipif(java_missing() is not None, reason=str(java_missing()))
 
