@@ -104,20 +104,30 @@ def ltv_deciles(actual: np.ndarray, predicted: np.ndarray) -> plt.Figure:
     return fig
 
 
-def cohort_retention(lifetimes: pd.DataFrame, freq: str = "QS") -> plt.Figure:
+def cohort_retention(lifetimes: pd.DataFrame, freq: str = "QS", min_customers: int = 30
+                     ) -> plt.Figure:
     """Kaplan-Meier retention curves by signup cohort (quarters by default).
 
     lifetimes: customer_id, signed_up_at, lifetime_days, churned (churnlens.features.build).
+    Cohorts of fewer than MIN_CUSTOMERS are left out (their curves are noise). Colours run
+    from the oldest cohort (dark) to the newest (light), and the legend sits beside the plot
+    in that order, so a dozen cohorts stay readable.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    cohorts = lifetimes["signed_up_at"].dt.to_period(freq[0]).astype(str)
-    for name, rows in lifetimes.groupby(cohorts):
-        if len(rows) < 30:
-            continue
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    periods = lifetimes["signed_up_at"].dt.tz_localize(None).dt.to_period(freq[0])
+    groups = [(period, rows) for period, rows in lifetimes.groupby(periods)
+              if len(rows) >= min_customers]
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(groups), 1)))
+    for (period, rows), colour in zip(groups, colours, strict=False):
         km = KaplanMeierFitter().fit(rows["lifetime_days"] / 30.4375, rows["churned"])
         sf = km.survival_function_
-        ax.step(sf.index, sf.iloc[:, 0], where="post", lw=1, label=f"{name} (n={len(rows)})")
+        label = f"{period.year} Q{period.quarter}" if freq[0] == "Q" else str(period)
+        ax.step(sf.index, sf.iloc[:, 0], where="post", lw=1.4, color=colour,
+                label=f"{label}  (n={len(rows):,})")
     ax.set(xlabel="months since signup", ylabel="share still a customer",
-           title="Retention by signup cohort")
-    ax.legend(fontsize=7, ncol=2)
+           title="Retention by signup cohort", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(title="signup cohort", fontsize=8, title_fontsize=9, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
     return fig

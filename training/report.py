@@ -87,6 +87,19 @@ def _grouped(metrics: dict[str, float]) -> dict[str, dict[str, dict[str, float]]
         for task, cols in out.items() if cols}
 
 
+def metric_frames(metrics: dict[str, float]) -> dict[str, pd.DataFrame]:
+    """The report's tables as frames, task -> (metric label x column label), for notebooks;
+    a metric no column measured is left out, one a column lacks is NaN."""
+    frames = {}
+    for task, columns in _grouped(metrics).items():
+        labels = {metric: label for metric, (label, _) in TASKS[task].items()
+                  if any(metric in values for values in columns.values())}
+        frames[task] = pd.DataFrame(
+            {COLUMNS.get(c, (c.replace("_", " "), ""))[0]: [values.get(m) for m in labels]
+             for c, values in columns.items()}, index=pd.Index(labels.values(), name="metric"))
+    return frames
+
+
 def _cell(value: float | None) -> str:
     if value is None or value != value:  # absent, or NaN: not measurable on these data
         return "<td></td>"

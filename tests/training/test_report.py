@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
-from churnlens.training.report import render, report_title
+from churnlens.training.report import metric_frames, render, report_title
 from churnlens.training.summary import calibration_line, description, survival_line
 
 METRICS = {
@@ -89,3 +90,14 @@ def test_description_says_what_data_what_won_and_by_how_much():
     assert "test concordance 0.7600 vs 0.5000 for Kaplan-Meier (+0.2600)" in text
     assert "total error -9.7% (predicted minus realised)" in text
     assert text.rstrip().endswith("Promotion: no champion yet")
+
+
+def test_metric_frames_hold_the_report_tables_for_notebooks():
+    frames = metric_frames(METRICS)
+    risk = frames["Risk: P(churn within the horizon)"]
+    assert risk.columns.tolist() == ["model", "model, uncalibrated", "logistic", "base rate",
+                                     "oracle"]
+    assert risk.loc["ROC-AUC", "logistic"] == pytest.approx(0.81)
+    assert np.isnan(risk.loc["Brier", "oracle"])
+    assert frames["LTV: revenue over the LTV horizon"].index.tolist() == [
+        "Spearman", "total error %"]
