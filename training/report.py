@@ -106,10 +106,10 @@ def _cell(value: float | None) -> str:
     return f"<td>{value:.4f}</td>"
 
 
-def _task_table(task: str, columns: dict[str, dict[str, float]]) -> str:
-    head = "".join(
-        f'<th title="{html.escape(COLUMNS.get(c, (c, c))[1])}">'
-        f"{html.escape(COLUMNS.get(c, (c.replace('_', ' '), ''))[0])}</th>" for c in columns)
+def _task_table(task: str, columns: dict[str, dict[str, float]], choice: str) -> str:
+    """TASK's table, what each of its columns is, and the line saying which model was kept."""
+    names = {c: COLUMNS.get(c, (c.replace("_", " "), ""))[0] for c in columns}
+    head = "".join(f"<th>{html.escape(names[c])}</th>" for c in columns)
     rows = []
     for metric, (label, meaning) in TASKS[task].items():
         if not any(metric in values for values in columns.values()):
@@ -117,15 +117,12 @@ def _task_table(task: str, columns: dict[str, dict[str, float]]) -> str:
         cells = "".join(_cell(values.get(metric)) for values in columns.values())
         rows.append(f"<tr><th>{html.escape(label)}</th>{cells}"
                     f'<td class="meaning">{html.escape(meaning)}</td></tr>')
+    legend = "; ".join(f"<b>{html.escape(names[c])}</b>: {html.escape(COLUMNS[c][1])}"
+                       for c in columns if c in COLUMNS)
     return (f"<h3>{html.escape(task)}</h3><table><tr><th>metric</th>{head}"
-            f"<th>what it measures</th></tr>{''.join(rows)}</table>")
-
-
-def _legend(grouped: dict[str, dict[str, dict[str, float]]]) -> str:
-    present = [c for c in COLUMNS if any(c in cols for cols in grouped.values())]
-    items = "".join(f"<li><b>{html.escape(COLUMNS[c][0])}</b>: {html.escape(COLUMNS[c][1])}</li>"
-                    for c in present)
-    return f"<ul class=legend>{items}</ul>"
+            f'<th class="meaning">what it measures</th></tr>{"".join(rows)}</table>'
+            f'<p class="legend">{legend}</p>'
+            + (f"<p>{html.escape(choice)}</p>" if choice else ""))
 
 
 def render(title: str, metrics: dict[str, float], notes: list[str],
@@ -138,9 +135,9 @@ def render(title: str, metrics: dict[str, float], notes: list[str],
     """
     facts = facts or {}
     grouped = _grouped(metrics)
-    tables = "".join(_task_table(task, cols) for task, cols in grouped.items())
-    choices = "".join(f"<p>{html.escape(line)}</p>"
-                      for line in (calibration_line(facts), survival_line(facts)) if line)
+    choices = {"Risk": calibration_line(facts), "Survival": survival_line(facts)}
+    tables = "".join(_task_table(task, cols, choices.get(task.split(":")[0], ""))
+                     for task, cols in grouped.items())
     figures = []
     for name, png in images.items():
         data = base64.b64encode(png).decode()
@@ -154,7 +151,7 @@ def render(title: str, metrics: dict[str, float], notes: list[str],
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5rem 0 1rem; }}
 th, td {{ border: 1px solid #ddd; padding: 4px 10px; text-align: right; }}
-th:first-child, td.meaning {{ text-align: left; }}
+th:first-child, .meaning {{ text-align: left; }}
 td.meaning {{ color: #555; font-size: 0.85rem; max-width: 420px; }}
 .subtitle, .legend {{ color: #555; }}
 figure {{ display: inline-block; margin: 1rem; vertical-align: top; }}
@@ -164,9 +161,9 @@ img {{ max-width: 520px; }}
 <p class="subtitle">{html.escape(subtitle)}</p>
 <h2>Notes</h2><ul>{items}</ul>
 <h2>Test-slice metrics</h2>
-<p>Each task's model beside its baselines, on the same test rows (the latest fully
-labelled cutoffs, never seen in training). Columns:</p>{_legend(grouped)}
-{tables}{choices}
+<p>Each task's model beside its baselines, on the same test rows: the latest fully labelled
+cutoffs, never seen in training. An empty cell could not be measured on these rows.</p>
+{tables}
 <h2>Plots</h2>{''.join(figures)}
 </body></html>
 """

@@ -34,8 +34,8 @@ FACTS = {
 
 
 def _tables(page: str) -> dict[str, str]:
-    """Each task heading with the table that follows it."""
-    return dict(re.findall(r"<h3>([^<]+)</h3>(<table>.*?</table>)", page))
+    """Each task heading with the table that follows it and the lines below the table."""
+    return dict(re.findall(r"<h3>([^<]+)</h3>(<table>.*?)(?=<h3>|<h2>)", page, flags=re.S))
 
 
 def test_metrics_are_grouped_by_task_with_the_baselines_beside_the_model():
@@ -43,10 +43,11 @@ def test_metrics_are_grouped_by_task_with_the_baselines_beside_the_model():
     tables = _tables(page)
     assert [t.split(":")[0] for t in tables] == ["Risk", "Survival", "LTV"]
     risk, survival, ltv = tables.values()
-    heads = re.findall(r"<th title=[^>]*>([^<]+)</th>", risk)
-    assert heads == ["model", "model, uncalibrated", "logistic", "base rate", "oracle"]
-    assert re.findall(r"<th title=[^>]*>([^<]+)</th>", survival) == ["model", "Kaplan-Meier"]
-    assert re.findall(r"<th title=[^>]*>([^<]+)</th>", ltv) == ["model", "bg nbd"]
+    def heads(table):
+        return re.findall(r"<th>([^<]+)</th>", table.split("</tr>")[0])[1:]
+    assert heads(risk) == ["model", "model, uncalibrated", "logistic", "base rate", "oracle"]
+    assert heads(survival) == ["model", "Kaplan-Meier"]
+    assert heads(ltv) == ["model", "bg nbd"]
     assert "concordance" not in risk and "ROC-AUC" not in survival
 
 
@@ -71,8 +72,8 @@ def test_the_kept_calibration_and_survival_model_are_named_with_their_reason():
         "calibration slice and scored on the other (platt 0.04712; isotonic 0.04730; lower is "
         "better).")
     assert survival_line(FACTS).startswith("Survival model kept: discrete_lgbm, the lowest")
-    page = render("churnlens v3", METRICS, [], {}, FACTS)
-    assert "Calibration kept: Platt scaling" in page and "weibull_aft: IBS 0.0805" in page
+    risk, survival, _ = _tables(render("churnlens v3", METRICS, [], {}, FACTS)).values()
+    assert "Calibration kept: Platt scaling" in risk and "weibull_aft: IBS 0.0805" in survival
     assert calibration_line({}) == "" and survival_line({}) == ""
 
 
