@@ -68,7 +68,7 @@ def candidates_bar(names: Sequence[str]) -> Iterator[tuple[Callable, Callable]]:
     """A bar over survival candidates: yields (LightGBM callback, on_candidate) for
     `SurvivalModel.fit`. The bar names the candidate being fitted and, for one that
     boosts, its round."""
-    bar = tqdm(total=len(names), desc=f"survival: {names[0]}", unit=" model",
+    bar = tqdm(total=len(names), desc=f"survival: {names[0] if names else ''}", unit=" model",
                file=sys.stderr, leave=False, disable=None)
 
     def tick(env) -> None:
