@@ -103,7 +103,8 @@ def _check_inside(ds, as_of: str) -> None:
     at most at the end of the observed data; name that range rather than fail inside a query."""
     import pandas as pd
 
-    first = ds.con.execute("SELECT min(signed_up_at) FROM customers").fetchone()[0]
+    # fetchall: a half-fetched result (fetchone) blocks the connection for the next query.
+    first = ds.con.execute("SELECT min(signed_up_at) FROM customers").fetchall()[0][0]
     end = ds.observed_until
     day = pd.Timestamp(as_of)
     if first is None:
