@@ -81,8 +81,9 @@ def train(args: argparse.Namespace) -> None:
     uri = tracking_uri(settings.mlflow)
     if uri.startswith("sqlite:"):
         store = uri.replace(f"{Path.cwd()}/", "")
-        say(f"MLflow UI: {tool('mlflow')} ui --backend-store-uri {store}  "
-            "(then open http://127.0.0.1:5000)")
+        # The runs page, not the UI's front page: MLflow 3 opens that on its GenAI view.
+        page = result.runs_url or "http://127.0.0.1:5000"
+        say(f"MLflow UI: {tool('mlflow')} ui --backend-store-uri {store}  (then open {page})")
 
 
 def metric_table(metrics: dict[str, float]) -> list[str]:
