@@ -108,8 +108,37 @@ def generate_sample(n_customers: int, seed: int = 0, *, end: pd.Timestamp = SAMP
     }
 
 
+SHAPES = ("subscriptions", "snapshot", "transactions")
+
+
+def generate_shape(shape: str, n_customers: int, seed: int = 0, *, horizon_days: int = 90,
+                   ltv_horizon_days: int = 365) -> dict[str, pd.DataFrame]:
+    """Sample data of one data shape: ``subscriptions`` (the B2B SaaS history of
+    ``generate_sample``), ``snapshot`` (a one-snapshot CRM export, ``snapshot.generate``) or
+    ``transactions`` (a purchase log without contracts, ``transactions.generate``).
+
+    Errors: ValueError for an unknown shape (and whatever the generator raises).
+    """
+    if shape == "subscriptions":
+        return generate_sample(n_customers, seed=seed, horizon_days=horizon_days)
+    if shape == "snapshot":
+        from churnlens.features.sample import snapshot
+
+        return snapshot.generate(n_customers, seed, horizon_days=horizon_days)
+    if shape == "transactions":
+        from churnlens.features.sample import transactions
+
+        return transactions.generate(n_customers, seed, horizon_days=horizon_days,
+                                     ltv_horizon_days=ltv_horizon_days)
+    raise ValueError(f"unknown data shape {shape!r}; use one of {', '.join(SHAPES)}")
+
+
 def write_sample(tables: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, Path]:
     """Write each table to ``out_dir/NAME.parquet``, creating the folder.
+
+    Contract tables (and ``truth``) already in the folder that TABLES does not hold are
+    removed, so a folder never mixes two samples (a subscriptions table left over from
+    another shape would change what the data are).
 
     Inputs: ``tables`` mapping table name to DataFrame (as from ``generate_sample``).
     Output: mapping of table name to the written path.
@@ -122,6 +151,13 @@ def write_sample(tables: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, Pa
         if not isinstance(frame, pd.DataFrame):
             raise ValueError(f"table {name!r} is a {type(frame).__name__}, not a DataFrame")
     out_dir.mkdir(parents=True, exist_ok=True)
+    from churnlens.features.contract import TABLES
+
+    for stale in sorted(set(TABLES) | {"truth"}):
+        for suffix in (".parquet", ".csv"):
+            path = out_dir / f"{stale}{suffix}"
+            if path.exists() and (stale not in tables or suffix == ".csv"):
+                path.unlink()
     paths = {name: out_dir / f"{name}.parquet" for name in tables}
     for name, frame in tables.items():
         frame.to_parquet(paths[name], index=False)
