@@ -86,9 +86,11 @@ def _fit_risk(ff: FeatureFrame, split: Split, settings: Settings, stages: Stages
     stages.line("risk model", f"LightGBM, {risk.best_iteration_} trees (early stopping on "
                 f"validation, at most {settings.training.lightgbm.n_estimators})",
                 risk.seconds_["boosting"])
-    briers = ", ".join(f"{m} {b:.5f}" for m, b in risk.calibration_brier_.items())
-    stages.line("calibration", f"{risk.calibration_method_} kept (cross-fitted Brier on the "
-                f"calibration slice: {briers})", risk.seconds_["calibration"])
+    losses = ", ".join(f"{m} {v:.5f}" for m, v in risk.calibration_log_loss_.items())
+    stages.line("calibration", f"{risk.calibration_method_} kept (cross-fitted log loss on "
+                f"the calibration slice: {losses}"
+                + (f"; {risk.calibration_note_}" if risk.calibration_note_ else "") + ")",
+                risk.seconds_["calibration"])
     return risk
 
 

@@ -61,7 +61,8 @@ TASKS: dict[str, dict[str, tuple[str, str]]] = {
 }
 # Column names and what each is; the model's own column comes first in its task.
 COLUMNS = {
-    "risk": ("model", "LightGBM, calibrated: the probability the model serves"),
+    "risk": ("model", "LightGBM after the calibration kept (see below; none when no "
+             "calibration scored better): the probability the model serves"),
     "risk_uncalibrated": ("model, uncalibrated", "the same LightGBM before calibration"),
     "survival": ("model", "the survival model kept (see below)"),
     "ltv": ("model", "survival curve x revenue rate, discounted"),

@@ -14,13 +14,11 @@ from collections.abc import Callable, Sequence
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss
-from sklearn.model_selection import StratifiedGroupKFold
+from scipy.special import expit
 
 from churnlens.features.queries import Feature
 from churnlens.settings import LightGBMSettings
+from churnlens.training.calibration import METHODS, bounded, choose_calibrator
 
 # Domain knowledge as LightGBM monotone constraints (+1: a higher value never lowers the
 # risk; -1: a higher value never raises it), all else equal, so that the directional
@@ -55,18 +53,22 @@ class RiskModel:
     features: the model inputs (name, kind, group, label); params: LightGBM settings from
     params.yaml; seed: for bagging, column sampling and the calibration folds; num_threads:
     training threads, fixed so that a retrain is bit-identical (one thread trained fastest
-    on tens of thousands of rows on the shared 2-core machine).
+    on tens of thousands of rows on the shared 2-core machine); calibration: "auto" (the
+    lowest cross-fitted log loss, see churnlens.training.calibration) or "none", "platt",
+    "isotonic" to force one.
     Learned: booster_, categories_ (levels per category feature), calibrator_,
-    calibration_method_ ("platt" | "isotonic"), calibration_brier_ (cross-fitted Brier
-    score per method), best_iteration_, seconds_ ({"boosting", "calibration"}: fit times).
+    calibration_method_ ("none" | "platt" | "isotonic"), calibration_log_loss_
+    (cross-fitted log loss per method tried), calibration_note_ (why a method was not
+    tried, or ''), best_iteration_, seconds_ ({"boosting", "calibration"}: fit times).
     """
 
     def __init__(self, features: list[Feature], params: LightGBMSettings, seed: int = 42,
-                 num_threads: int = 1):
+                 num_threads: int = 1, calibration: str = "auto"):
         self.features = features
         self.params = params
         self.seed = seed
         self.num_threads = num_threads
+        self.calibration = calibration
 
     @property
     def feature_names(self) -> list[str]:
@@ -86,6 +88,9 @@ class RiskModel:
             _check_labels(name, part)
         if "customer_id" not in calibration.columns:
             raise ValueError("calibration frame lacks customer_id (needed for its folds)")
+        if self.calibration not in ("auto", *METHODS):
+            raise ValueError(f"calibration={self.calibration!r} is unknown; use 'auto' or one "
+                             f"of {list(METHODS)}")
         fewest = int(calibration[LABEL].value_counts().min())
         if fewest < 4:
             raise ValueError(f"calibration slice has only {fewest} rows of its rarer class; "
@@ -134,16 +139,10 @@ class RiskModel:
     def _calibrate(self, calibration: pd.DataFrame) -> None:
         z = self.predict_logit(calibration)
         y = calibration[LABEL].to_numpy(int)
-        folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=self.seed)
-        oof = {"platt": np.empty(len(y)), "isotonic": np.empty(len(y))}
-        for fit_idx, out_idx in folds.split(z, y, groups=calibration["customer_id"]):
-            for method in oof:
-                cal = _fit_calibrator(method, z[fit_idx], y[fit_idx])
-                oof[method][out_idx] = _apply_calibrator(cal, z[out_idx])
-        self.calibration_brier_ = {m: float(brier_score_loss(y, p)) for m, p in oof.items()}
-        self.calibration_method_ = min(self.calibration_brier_, key=self.calibration_brier_.get)
-        self.calibrator_ = _fit_calibrator(self.calibration_method_, z, y)
-        if self.calibration_method_ == "platt" and self.calibrator_.coef_[0, 0] <= 0:
+        self.calibrator_, self.calibration_log_loss_, self.calibration_note_ = (
+            choose_calibrator(z, y, calibration["customer_id"], self.seed, self.calibration))
+        self.calibration_method_ = self.calibrator_.method
+        if self.calibration_method_ == "platt" and self.calibrator_.a_ <= 0:
             # A falling Platt curve would rank customers backwards (and break monotonicity).
             raise ValueError("calibration found higher model scores churning less often: the "
                              "model does not generalise to the calibration slice; check the "
@@ -214,17 +213,18 @@ class RiskModel:
                                      num_threads=_threads(len(matrix), num_threads))
 
     def predict_raw(self, frame: pd.DataFrame | np.ndarray, num_threads: int | None = None) -> np.ndarray:
-        """Uncalibrated P(churn within the horizon) per row, straight from LightGBM."""
-        return 1.0 / (1.0 + np.exp(-self.predict_logit(frame, num_threads)))
+        """Uncalibrated P(churn within the horizon) per row: LightGBM's own, `bounded`."""
+        return bounded(expit(self.predict_logit(frame, num_threads)))
 
     def predict_proba(self, frame: pd.DataFrame | np.ndarray, num_threads: int | None = None) -> np.ndarray:
         """Calibrated P(churn within the horizon) per row, as a 1-d float array.
 
-        num_threads: LightGBM threads; None = one thread under SMALL_BATCH_ROWS rows, else
-        LightGBM's default. Raises ValueError as `prepare`.
+        Always strictly inside (0, 1): `bounded` into [P_MIN, P_MAX] of
+        churnlens.training.calibration. num_threads: LightGBM threads; None = one thread
+        under SMALL_BATCH_ROWS rows, else LightGBM's default. Raises ValueError as `prepare`.
         """
         logit = self.predict_logit(frame, num_threads)  # first: it checks the model is fitted
-        return _apply_calibrator(self.calibrator_, logit)
+        return bounded(self.calibrator_.predict(logit))
 
     def contributions(self, frame: pd.DataFrame | np.ndarray, num_threads: int | None = None
                       ) -> pd.DataFrame:
@@ -280,19 +280,3 @@ def _category_codes(col: pd.Series, levels: list[str]) -> np.ndarray:
         return np.asarray(lookup)[col.cat.codes.to_numpy()]
     return np.array([np.nan if pd.isna(v) else position.get(str(v), np.nan)
                      for v in col.to_numpy(dtype=object)], dtype=float)
-
-
-def _fit_calibrator(method: str, z: np.ndarray, y: np.ndarray):
-    if method == "platt":
-        # Unpenalised: the slope and intercept are the calibration, not something to shrink.
-        return LogisticRegression(C=np.inf).fit(z.reshape(-1, 1), y)
-    return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, y)
-
-
-def _apply_calibrator(calibrator, z: np.ndarray) -> np.ndarray:
-    if isinstance(calibrator, LogisticRegression):
-        # The logistic curve itself: sklearn's predict_proba validates its input for longer
-        # (0.18 ms) than a one-row online call spends in the booster.
-        t = calibrator.coef_[0, 0] * np.asarray(z, dtype=float) + calibrator.intercept_[0]
-        return 1.0 / (1.0 + np.exp(-t))
-    return calibrator.predict(z)

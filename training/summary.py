@@ -13,7 +13,8 @@ from churnlens.training.bundle import ChurnModel
 from churnlens.training.split import Split
 
 BASELINES = {"logistic": "logistic regression", "kaplan_meier": "Kaplan-Meier"}
-CALIBRATIONS = {"platt": "Platt scaling", "isotonic": "isotonic regression"}
+CALIBRATIONS = {"none": "none (LightGBM's own probabilities)", "platt": "Platt scaling",
+                "isotonic": "isotonic regression"}
 
 
 def run_facts(source_name: str, customers: int, frame: pd.DataFrame, split: Split,
@@ -38,25 +39,39 @@ def run_facts(source_name: str, customers: int, frame: pd.DataFrame, split: Spli
         "risk.calibration": risk.calibration_method_,
         "survival.model": survival.chosen_,
     }
-    for method, brier in risk.calibration_brier_.items():
-        facts[f"risk.calibration_brier.{method}"] = f"{brier:.5f}"
+    for method, loss in risk.calibration_log_loss_.items():
+        facts[f"risk.calibration_log_loss.{method}"] = f"{loss:.5f}"
+    if risk.calibration_note_:
+        facts["risk.calibration_note"] = risk.calibration_note_
     for name, scores in survival.scores_.items():
         facts[f"survival.validation.{name}"] = (f"IBS {scores['ibs']:.4f}, concordance "
                                                 f"{scores['concordance']:.4f}")
     return facts
 
 
+def _calibration_scores(facts: dict[str, str], kept: str | None) -> tuple[str, dict[str, str]]:
+    # Runs from before log loss chose the calibration kept the lowest Brier score instead.
+    for metric, label in (("log_loss", "the simplest method within one standard error of "
+                           "the lowest log loss"), ("brier", "the lowest Brier score")):
+        scores = {k.rsplit(".", 1)[1]: v for k, v in facts.items()
+                  if k.startswith(f"risk.calibration_{metric}.")}
+        if kept in scores:
+            return label, scores
+    return "", {}
+
+
 def calibration_line(facts: dict[str, str]) -> str:
     """Which calibration was kept and why, from `run_facts` tags ('' if they are absent)."""
     kept = facts.get("risk.calibration")
-    briers = {k.rsplit(".", 1)[1]: v for k, v in facts.items()
-              if k.startswith("risk.calibration_brier.")}
-    if not kept or kept not in briers:
+    label, scores = _calibration_scores(facts, kept)
+    if not scores:
         return ""
-    others = ", ".join(f"{m} {b}" for m, b in briers.items() if m != kept)
-    return (f"Calibration kept: {CALIBRATIONS.get(kept, kept)}, the lower Brier score when fitted on "
-            f"one half of the calibration slice and scored on the other ({kept} {briers[kept]}"
-            f"{'; ' + others if others else ''}; lower is better).")
+    others = "; ".join(f"{m} {v}" for m, v in scores.items() if m != kept)
+    note = facts.get("risk.calibration_note", "")
+    return (f"Calibration kept: {CALIBRATIONS.get(kept, kept)}, {label} when fitted "
+            f"on one half of the calibration slice and scored on the other ({kept} "
+            f"{scores[kept]}{'; ' + others if others else ''}; lower is better)."
+            + (f" {note[0].upper()}{note[1:]}." if note else ""))
 
 
 def survival_line(facts: dict[str, str]) -> str:

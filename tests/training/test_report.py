@@ -25,8 +25,9 @@ FACTS = {
     "data.cutoffs": "35", "split.method": "time",
     "split.rows": "train 88,721, validation 18,520, calibration 20,291, test 23,909",
     "split.test_cutoffs": "2026-06-01, 2026-07-01", "risk.trees": "141",
-    "risk.calibration": "platt", "risk.calibration_brier.platt": "0.04712",
-    "risk.calibration_brier.isotonic": "0.04730", "survival.model": "discrete_lgbm",
+    "risk.calibration": "platt", "risk.calibration_log_loss.none": "0.19020",
+    "risk.calibration_log_loss.platt": "0.18712", "risk.calibration_log_loss.isotonic": "0.18730",
+    "survival.model": "discrete_lgbm",
     "survival.validation.weibull_aft": "IBS 0.0805, concordance 0.7179",
     "survival.validation.discrete_lgbm": "IBS 0.0788, concordance 0.7184",
     "registered_version": "3",
@@ -68,9 +69,22 @@ def test_a_metric_that_could_not_be_measured_is_an_empty_cell():
 
 def test_the_kept_calibration_and_survival_model_are_named_with_their_reason():
     assert calibration_line(FACTS) == (
-        "Calibration kept: Platt scaling, the lower Brier score when fitted on one half of the "
-        "calibration slice and scored on the other (platt 0.04712; isotonic 0.04730; lower is "
-        "better).")
+        "Calibration kept: Platt scaling, the simplest method within one standard error of the "
+        "lowest log loss when fitted on one half of the calibration slice and scored on the "
+        "other (platt 0.18712; none 0.19020; isotonic 0.18730; lower is better).")
+    small = {"risk.calibration": "none", "risk.calibration_log_loss.none": "0.35100",
+             "risk.calibration_log_loss.platt": "0.35300",
+             "risk.calibration_note": "isotonic not tried: the calibration slice holds 645 "
+                                      "rows and 52 churners; it needs at least 1,000 and 100"}
+    assert calibration_line(small) == (
+        "Calibration kept: none (LightGBM's own probabilities), the simplest method within one "
+        "standard error of the lowest log loss when fitted on one half of the calibration slice "
+        "and scored on the other (none 0.35100; platt 0.35300; lower is better). Isotonic not "
+        "tried: the calibration slice holds 645 rows and 52 churners; it needs at least 1,000 "
+        "and 100.")
+    old_run = {"risk.calibration": "platt", "risk.calibration_brier.platt": "0.04712"}
+    assert calibration_line(old_run).startswith("Calibration kept: Platt scaling, the lowest "
+                                                "Brier score when fitted")
     assert survival_line(FACTS).startswith("Survival model kept: discrete_lgbm, the lowest")
     risk, survival, _ = _tables(render("churnlens v3", METRICS, [], {}, FACTS)).values()
     assert "Calibration kept: Platt scaling" in risk and "weibull_aft: IBS 0.0805" in survival
