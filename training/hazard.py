@@ -51,7 +51,14 @@ class DiscreteHazard(SurvivalCandidate):
 
     seed: for the early-stopping hold-out, subsampling and LightGBM; callbacks: extra
     LightGBM callbacks, called once per boosting round (up to MAX_ROUNDS).
+
+    A subclass may name other `clocks` (feature -> days it moves per day after the cutoff)
+    and drop the interval index from the inputs (`interval_feature`), as the hazard on
+    tenure does (`churnlens.training.tenure.TenureHazard`).
     """
+
+    clocks: dict[str, int] = _CLOCKS
+    interval_feature = True
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         cols = [columns(frame, self.numeric_, np.float32)]
@@ -68,16 +75,20 @@ class DiscreteHazard(SurvivalCandidate):
         xs = x[rows]
         for j, sign in self.clocks_:
             xs[:, j] += sign * INTERVAL_DAYS * k
+        if not self.interval_feature:
+            return xs
         return np.hstack([xs, k[:, None].astype(np.float32)])
 
     def fit(self, frame: pd.DataFrame, features: Sequence[Feature], duration: np.ndarray,
             event: np.ndarray) -> DiscreteHazard:
         rng = np.random.default_rng(self.seed)
+        self.fit_support(frame, duration)
         self.numeric_ = [f.name for f in features if f.kind == "numeric"]
         # Category codes fixed at fit; unseen or missing levels are LightGBM's missing value.
         self.levels_ = {f.name: pd.Index(frame[f.name].astype(object).dropna().unique())
                         for f in features if f.kind == "category"}
-        self.clocks_ = [(j, _CLOCKS[n]) for j, n in enumerate(self.numeric_) if n in _CLOCKS]
+        self.clocks_ = [(j, self.clocks[n]) for j, n in enumerate(self.numeric_)
+                        if n in self.clocks]
         x = self.encode(frame)
         rows, k, y, w = _person_periods(duration, event, rng)
         # Early stopping on 20% of customers held out of the training rows (not the
@@ -90,7 +101,7 @@ class DiscreteHazard(SurvivalCandidate):
         chosen[rng.choice(len(uniq), size=max(1, len(uniq) // 5), replace=False)] = True
         held = chosen[inverse.ravel()][rows]
         cat = list(range(len(self.numeric_), len(self.numeric_) + len(self.levels_)))
-        names = [*self.numeric_, *self.levels_, "interval"]
+        names = [*self.numeric_, *self.levels_, *(["interval"] * self.interval_feature)]
         sets = [lgb.Dataset(self._expand(x, rows[m], k[m]), y[m], weight=w[m], feature_name=names,
                             categorical_feature=cat) for m in (~held, held)]
         # One thread: person-period sets this size gain little from more, and OpenMP

@@ -9,6 +9,15 @@ concordance as the tie-break. Every candidate is a `SurvivalCandidate`
   design (`churnlens.training.survival_models`).
 * ``discrete_lgbm``: a discrete-time hazard model, LightGBM on person-period rows
   (`churnlens.training.hazard`).
+* ``weibull_tenure`` / ``discrete_tenure``: the same two kinds on tenure with delayed entry
+  at the tenure at the cutoff (`churnlens.training.tenure`).
+
+Which candidates compete (`SurvivalModel.candidates_for`): when fewer than `MIN_AT_RISK`
+training rows are followed from the cutoff for the largest survival horizon (365 days)
+and the features carry tenure, the tenure candidates, since a curve on time since the
+cutoff would be extrapolated from the window alone; otherwise the cutoff candidates. The
+model keeps how far its data reach and says which figures extrapolate beyond them
+(`SurvivalModel.support`, `SurvivalModel.extrapolation_notes`).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from sklearn.exceptions import NotFittedError
 
 from churnlens.features.queries import Feature
 from churnlens.training.hazard import DiscreteHazard
+from churnlens.training.ltv import monthly_grid
 from churnlens.training.metrics import survival_metrics
 from churnlens.training.survival_models import (
     LogLogisticAFT,
@@ -29,10 +39,21 @@ from churnlens.training.survival_models import (
     WeibullAFT,
     remaining_grid,
 )
+from churnlens.training.survival_support import (
+    HORIZONS,
+    MIN_AT_RISK,
+    extrapolation_notes,
+    reach,
+    support_summary,
+)
+from churnlens.training.tenure import TenureHazard, TenureWeibull, has_tenure
 
 CANDIDATES: dict[str, type[SurvivalCandidate]] = {
     "weibull_aft": WeibullAFT, "loglogistic_aft": LogLogisticAFT, "discrete_lgbm": DiscreteHazard,
+    "weibull_tenure": TenureWeibull, "discrete_tenure": TenureHazard,
 }
+CUTOFF_CANDIDATES = ("weibull_aft", "discrete_lgbm")
+TENURE_CANDIDATES = ("discrete_tenure", "weibull_tenure")
 _IBS_TIE = 5e-4  # IBS values closer than this tie (~1% of the IBS on sample data)
 _EVAL_GRID = np.arange(0.0, 366.0, 5.0)
 
@@ -80,17 +101,32 @@ class SurvivalModel:
     """Probability of still being a customer t days after the cutoff, per row.
 
     features: the model inputs (`churnlens.features.queries.Feature`); seed: for LightGBM and
-    subsampling; candidates: names from CANDIDATES to fit and compare.
+    subsampling; candidates: names from CANDIDATES to fit and compare, None = by the
+    follow-up of the training rows (`candidates_for`).
 
     Learned attributes: ``scores_`` ({candidate: {"ibs", "concordance"}} on the validation
-    slice), ``chosen_`` (the candidate kept) and ``model_`` (its fitted estimator).
+    slice), ``chosen_`` (the candidate kept), ``model_`` (its fitted estimator),
+    ``follow_up_days_`` (the longest duration in training), ``supported_follow_up_days_``
+    (the longest with at least MIN_AT_RISK customers at risk) and ``extrapolated_share_``
+    ({horizon: share of training rows whose P(horizon) lies beyond the model's support}).
     """
 
     def __init__(self, features: list[Feature], seed: int = 42,
-                 candidates: Sequence[str] = ("weibull_aft", "discrete_lgbm")):
+                 candidates: Sequence[str] | None = None):
         self.features = features
         self.seed = seed
         self.candidates = candidates
+
+    def candidates_for(self, train: pd.DataFrame) -> tuple[str, ...]:
+        """The candidates `fit` compares on TRAIN: the ones given, else TENURE_CANDIDATES
+        when fewer than MIN_AT_RISK rows are followed for the largest horizon (365 days)
+        and the features carry tenure, else CUTOFF_CANDIDATES. Raises the errors of
+        `check_survival_target`."""
+        if self.candidates is not None:
+            return tuple(self.candidates)
+        d, _ = check_survival_target(train, "train")
+        short = reach(d) < HORIZONS[-1]
+        return TENURE_CANDIDATES if short and has_tenure(self.features) else CUTOFF_CANDIDATES
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame,
             callbacks: Sequence[Callable] = (),
@@ -106,16 +142,17 @@ class SurvivalModel:
         candidates, missing columns, missing or negative durations, or a frame whose rows
         are all censored.
         """
-        unknown = [c for c in self.candidates if c not in CANDIDATES]
-        if unknown or not self.candidates:
-            raise ValueError(f"unknown or no candidates {list(self.candidates)}; "
+        names = None if self.candidates is None else list(self.candidates)
+        unknown = [c for c in names or () if c not in CANDIDATES]
+        if unknown or names == []:
+            raise ValueError(f"unknown or no candidates {names}; "
                              f"choose from {tuple(CANDIDATES)}")
         for name, frame in (("train", train), ("validation", validation)):
             _check_features(frame, self.features, name)
         d, e = check_survival_target(train, "train")
         vd, ve = check_survival_target(validation, "validation")
         fitted, self.scores_ = {}, {}
-        for name in self.candidates:
+        for name in self.candidates_for(train):
             start = time.perf_counter()
             candidate = CANDIDATES[name](seed=self.seed, callbacks=callbacks)
             fitted[name] = candidate.fit(train, self.features, d, e)
@@ -128,7 +165,49 @@ class SurvivalModel:
                                     "seconds": time.perf_counter() - start})
         self.chosen_ = _choose(self.scores_)
         self.model_ = fitted[self.chosen_]
+        self.follow_up_days_ = float(d.max())
+        self.supported_follow_up_days_ = reach(d)
+        # Sorted, so that the share of rows beyond any day is one search (`_share_beyond`).
+        self.train_support_ = np.sort(self.model_.supported_days(train)).astype(np.float32)
+        self.extrapolated_share_ = {h: self._share_beyond(h) for h in HORIZONS}
         return self
+
+    def _share_beyond(self, days: float) -> float:
+        """Share of the training rows whose support ends before DAYS after the cutoff."""
+        support = self.train_support_
+        return float(np.searchsorted(support, days, side="left") / support.size)
+
+    def supported_days(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Days after the cutoff up to which each row's curve rests on the training data
+        (the follow-up, or for survival on tenure the tenures seen at risk less the row's
+        tenure); figures beyond are extrapolated. Raises NotFittedError before `fit`."""
+        self._check_fitted()
+        if not isinstance(frame, np.ndarray):
+            _check_features(frame, self.features, "scored")
+        return self.model_.supported_days(frame)
+
+    def support(self) -> dict:
+        """How far the training data reach, for /model_info: time_axis ("cutoff" or
+        "tenure"), follow_up_days, supported_follow_up_days, supported_tenure_days (None on
+        the cutoff axis) and per horizon in HORIZONS its extrapolated_share (of the training
+        rows) and extrapolates (true for most of them). Raises NotFittedError before fit."""
+        self._check_fitted()
+        return support_summary(self.model_.time_axis, self.follow_up_days_,
+                               self.supported_follow_up_days_,
+                               getattr(self.model_, "support_tenure_days_", None),
+                               self.extrapolated_share_)
+
+    def extrapolation_notes(self, ltv_horizon_days: int | None = None,
+                            cap_days: float = 3650) -> list[str]:
+        """The run's notes: the time axis in use and why, each P(horizon) that extrapolates
+        beyond the data (for what share of the training rows), the remaining lifetime up
+        to CAP_DAYS and the LTV months (when LTV_HORIZON_DAYS is given). Raises
+        NotFittedError before `fit`."""
+        self._check_fitted()
+        ltv = (None if ltv_horizon_days is None
+               else self._share_beyond(monthly_grid(ltv_horizon_days)[-1]))
+        return extrapolation_notes(self.support(), self._share_beyond(cap_days), cap_days, ltv,
+                                   ltv_horizon_days)
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """FRAME as the chosen model's input matrix; `survival_function` takes it instead of
@@ -160,8 +239,8 @@ class SurvivalModel:
 
     def survival_at(self, frame: pd.DataFrame) -> pd.DataFrame:
         """P(still a customer) at 30, 90, 180 and 365 days: columns "30", "90", "180", "365"."""
-        s = self.survival_function(frame, [30, 90, 180, 365])
-        return pd.DataFrame(s, columns=["30", "90", "180", "365"], index=frame.index)
+        s = self.survival_function(frame, HORIZONS)
+        return pd.DataFrame(s, columns=[str(h) for h in HORIZONS], index=frame.index)
 
     def survival_and_remaining(self, frame: pd.DataFrame | np.ndarray, days: Sequence[float],
                                cap_days: float = 3650) -> tuple[np.ndarray, np.ndarray]:
@@ -194,4 +273,5 @@ def _check_days(days: Sequence[float]) -> np.ndarray:
     return t
 
 
-__all__ = ["CANDIDATES", "SurvivalModel", "check_survival_target", "remaining_grid"]
+__all__ = ["CANDIDATES", "MIN_AT_RISK", "SurvivalModel", "check_survival_target",
+           "remaining_grid"]

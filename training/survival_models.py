@@ -2,9 +2,11 @@
 
 A candidate states only its maths: `fit` learns from training rows, `encode` turns feature
 rows into its input matrix and `_survival` gives S(days) for that matrix. The base checks
-matrices, evaluates curves and gives the default area under S (the trapezoid rule on a
-5-day grid); a candidate with a closed form overrides `survival_and_area`
-(`churnlens.training.hazard.DiscreteHazard`). `churnlens.training.survival.SurvivalModel`
+matrices, evaluates curves, gives the default area under S (the trapezoid rule on a
+5-day grid) and the default reach of the data (the follow-up from the cutoff, the same
+for every row); a candidate with a closed form overrides `survival_and_area`
+(`churnlens.training.hazard.DiscreteHazard`), one on another time axis overrides
+`fit_support` and `supported_days` (`churnlens.training.tenure`). `churnlens.training.survival.SurvivalModel`
 fits, compares and keeps them.
 """
 
@@ -18,6 +20,7 @@ from lifelines import LogLogisticAFTFitter, WeibullAFTFitter
 from scipy.stats import skew
 
 from churnlens.features.queries import Feature
+from churnlens.training.survival_support import reach
 
 _MIN_DURATION = 0.01  # parametric likelihoods need t > 0; a churn on the cutoff day is ~0
 _LEVEL_SHARE = 0.01  # category levels rarer than this in training share the all-zero "other"
@@ -47,9 +50,12 @@ class SurvivalCandidate:
 
     seed: for any randomness in fitting; callbacks: LightGBM callbacks for candidates that
     boost (a progress bar), ignored by the others and not kept when the model is pickled.
-    Subclasses implement `fit(frame, features, duration, event) -> self`, `encode(frame)`,
-    `width_` (columns of the encoded matrix) and `_survival(matrix, days)`.
+    Subclasses implement `fit(frame, features, duration, event) -> self` (calling
+    `fit_support`), `encode(frame)`, `width_` (columns of the encoded matrix) and
+    `_survival(matrix, days)`.
     """
+
+    time_axis = "cutoff"  # what S's time counts from: "cutoff" or "tenure" (signup)
 
     def __init__(self, seed: int = 42, callbacks: Sequence[Callable] = ()):
         self.seed = seed
@@ -71,6 +77,16 @@ class SurvivalCandidate:
 
     def _survival(self, x: np.ndarray, days: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def fit_support(self, frame: pd.DataFrame, duration: np.ndarray) -> None:
+        """Learn how far the training rows reach: `support_days_`, the longest follow-up
+        from the cutoff that at least MIN_AT_RISK rows reach (`reach`)."""
+        self.support_days_ = reach(duration)
+
+    def supported_days(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Days after the cutoff up to which each row's curve rests on observed follow-up;
+        S beyond them is the model's extrapolation."""
+        return np.full(len(self.matrix(rows)), self.support_days_)
 
     def matrix(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
         """ROWS as the input matrix: encoded here from a frame, or checked if given."""
@@ -167,17 +183,30 @@ class ParametricAFT(SurvivalCandidate):
 
     def fit(self, frame: pd.DataFrame, features: Sequence[Feature], duration: np.ndarray,
             event: np.ndarray) -> ParametricAFT:
+        self.fit_support(frame, duration)
+        self._fit_design(frame, features, duration, event)
+        return self
+
+    def _fit_design(self, frame: pd.DataFrame, features: Sequence[Feature],
+                    duration: np.ndarray, event: np.ndarray, entry: np.ndarray | None = None,
+                    penalizer: float | None = None) -> None:
+        """Fit the design and the lifelines model on durations (ending at ENTRY + DURATION
+        with delayed entry at ENTRY when given: left truncation); PENALIZER overrides the
+        one given at construction."""
         self.design_ = NumericDesign().fit(frame, features)
         data = pd.DataFrame(self.design_.transform(frame), columns=self.design_.columns_)
         data["_duration"], data["_event"] = np.maximum(duration, _MIN_DURATION), event
+        if entry is not None:
+            data["_entry"] = entry
+            data["_duration"] += entry
         # ftol 1e-8 instead of lifelines' 1e-10 for Weibull: a third faster, and the curves
         # move by < 0.001 on sample data.
-        fitter = self.fitter(penalizer=self.penalizer)
-        params = fitter.fit(data, "_duration", "_event", fit_options={"ftol": 1e-8}).params_
+        fitter = self.fitter(penalizer=self.penalizer if penalizer is None else penalizer)
+        params = fitter.fit(data, "_duration", "_event", fit_options={"ftol": 1e-8},
+                            entry_col=None if entry is None else "_entry").params_
         self.coef_ = params.loc[self.scale_param].reindex(self.design_.columns_).to_numpy()
         self.intercept_ = float(params.loc[(self.scale_param, "Intercept")])
         self.shape_ = float(np.exp(params.loc[(self.shape_param, "Intercept")]))
-        return self
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         return self.design_.transform(frame)
