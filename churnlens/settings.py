@@ -52,14 +52,26 @@ class DataSettings(_Frozen):
 
 
 class ChurnSettings(_Frozen):
-    definition: Literal["contract", "inactivity"] = "contract"
+    # auto: contract when the data hold subscriptions, inactivity when they do not
+    # (churnlens.features.shapes.resolve_churn makes it concrete for a loaded source).
+    definition: Literal["auto", "contract", "inactivity"] = "auto"
     grace_days: int = Field(14, ge=0, le=365)
     inactivity_days: int = Field(60, ge=1, le=730)
+    activity: Literal["purchases", "any"] = "purchases"
 
 
 class CutoffSettings(_Frozen):
     frequency: Literal["month", "week"] = "month"
     min_history_days: int = Field(0, ge=0)
+    dates: tuple[date, ...] = ()
+
+    @field_validator("dates", mode="after")
+    @classmethod
+    def _sorted_once(cls, value: tuple[date, ...]) -> tuple[date, ...]:
+        repeated = sorted({d for d in value if value.count(d) > 1})
+        if repeated:
+            raise ValueError(f"dates must not repeat a date ({', '.join(map(str, repeated))})")
+        return tuple(sorted(value))
 
 
 class LtvSettings(_Frozen):

@@ -73,7 +73,8 @@ def features(args: argparse.Namespace) -> None:
     if not Path(source).exists():
         raise UsageError(f"data source {source} not found: write sample data with `churnlens "
                          "sample-data`, or set data.source in params.yaml (or pass --source)")
-    ds = load_source(source, settings.data.observed_until)
+    ds = load_source(source, settings.data.observed_until, horizon_days=settings.horizon_days,
+                     activity=settings.churn.activity)
     if args.as_of:
         _check_inside(ds, args.as_of)
     for line in ds.report.lines():
@@ -94,6 +95,8 @@ def features(args: argparse.Namespace) -> None:
         labelled = int(ff.frame["churned"].notna().sum())
         what = (f"training set of {len(ff.frame):,} (customer, cutoff) rows over "
                 f"{ff.frame['cutoff'].nunique()} cutoffs, {labelled:,} with a churn label")
+    for note in ff.notes:
+        say(f"note: {note}")
     _write_parquet(ff.frame, out)
     say(f"wrote {what} to {out} in {time.perf_counter() - t0:.1f} s")
 

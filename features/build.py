@@ -7,33 +7,39 @@ relations to each other: cutoffs -> spine -> (daily rollup, labels) -> feature f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pandas as pd
 
+from churnlens.features.cutoffs import training_cutoffs
 from churnlens.features.labels import LABEL_COLUMNS, build_labels
 from churnlens.features.loading import DataSet
 from churnlens.features.queries import Feature, events_daily_sql, feature_list, feature_sql
 from churnlens.features.relations import LOADED, Sources, drop, from_item, materialise
+from churnlens.features.shapes import SHAPE_NAMES, resolve_churn
 from churnlens.features.spine import (
     build_churn_events,
     build_spine,
-    cutoff_dates,
+    confirmation_lag_days,
     cutoff_relation,
-    first_signup,
 )
-from churnlens.settings import FeatureSettings, Settings
+from churnlens.settings import ChurnSettings, FeatureSettings, Settings
 
 ARROW_BATCH_ROWS = 100_000
 
 
 @dataclass
 class FeatureFrame:
-    """Rows keyed by (customer_id, cutoff) with feature columns (and labels for training)."""
+    """Rows keyed by (customer_id, cutoff) with feature columns (and labels for training).
+
+    notes: what the build decided that a reader must know (the churn definition in use,
+    cutoffs left out and why), one line each, for the caller to print or log.
+    """
 
     frame: pd.DataFrame
     features: list[Feature]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def feature_names(self) -> list[str]:
@@ -89,31 +95,53 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
 
 
 def build_training_set(ds: DataSet, settings: Settings) -> FeatureFrame:
-    """Features and labels for every active customer at every cutoff in the history.
+    """Features and labels for every customer at every training cutoff.
 
-    Returns a FeatureFrame whose frame has customer_id, cutoff, the features and the label
-    columns of `churnlens.features.labels`. Raises ValueError when no customer is ever active.
+    The churn definition is resolved for the data's shape (`resolve_churn`); the cutoffs
+    are those whose label windows can show a churn (`churnlens.features.cutoffs`). Returns
+    a FeatureFrame whose frame has customer_id, cutoff, the features and the label columns
+    of `churnlens.features.labels`, and whose notes say what was decided. Raises
+    ValueError, saying what to set, when no cutoff can be labelled or no customer is ever
+    in the spine.
     """
     con = ds.con
-    dates = cutoff_dates(first_signup(con), ds.observed_until, settings.cutoffs)
-    spine = build_spine(con, cutoff_relation(con, dates), settings.churn)
+    churn = resolve_churn(settings.churn, ds)
+    dates, notes = training_cutoffs(ds, settings, churn)
+    notes = [*churn_notes(settings.churn, churn, ds, settings.horizon_days), *notes]
+    spine = build_spine(con, cutoff_relation(con, dates), churn)
     labels = None
     try:
         if spine.shape[0] == 0:
             raise ValueError("no customer is active at any cutoff: check the churn definition "
                              "and that subscriptions (or events) cover the history")
-        labels = build_labels(con, spine, build_churn_events(con, settings.churn),
-                              churn=settings.churn, horizon_days=settings.horizon_days,
+        labels = build_labels(con, spine, build_churn_events(con, churn),
+                              churn=churn, horizon_days=settings.horizon_days,
                               ltv_horizon_days=settings.ltv.horizon_days,
                               observed_until=ds.observed_until)
         frame = compute_features(con, spine, settings.features, ds.attributes, labels=labels)
     finally:
         drop(con, spine, labels)
-    return FeatureFrame(frame, feature_list(settings.features, ds.attributes))
+    return FeatureFrame(frame, feature_list(settings.features, ds.attributes), notes)
+
+
+def churn_notes(asked: ChurnSettings, churn: ChurnSettings, ds: DataSet,
+                horizon_days: int) -> list[str]:
+    """One line on the churn definition in use (CHURN, resolved from ASKED) for DS's shape."""
+    how = "asked" if asked.definition == churn.definition else f"auto for {SHAPE_NAMES[ds.shape]}"
+    if churn.definition == "contract":
+        grace = ("no grace period: a one-snapshot export's ends are its churns"
+                 if ds.shape == "snapshot" else f"grace {churn.grace_days} days")
+        what = f"the last subscription ends within the {horizon_days}-day horizon ({grace})"
+    else:
+        act = "purchase" if churn.activity == "purchases" else "purchase or event"
+        what = (f"no {act} in [c, c + {horizon_days} days); every customer with a {act} "
+                "before c is in the spine, gone quiet or not")
+    return [f"churn ({churn.definition}, {how}): {what}"]
 
 
 def build_snapshot(ds: DataSet, as_of: str | pd.Timestamp, settings: Settings) -> FeatureFrame:
-    """Features of every customer active at AS_OF (one cutoff), for scoring.
+    """Features of every customer at AS_OF (one cutoff), for scoring: with contracts those
+    with an active subscription, without them every customer with any activity before it.
 
     Raises ValueError when AS_OF is not a date or lies after the end of the observed data.
     """
@@ -126,7 +154,8 @@ def build_snapshot(ds: DataSet, as_of: str | pd.Timestamp, settings: Settings) -
             f"as-of date {as_of.date()} is after the end of the data "
             f"({ds.observed_until.date()}): features would miss records; pick an earlier date"
         )
-    spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]), settings.churn)
+    spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]),
+                        resolve_churn(settings.churn, ds))
     try:
         frame = compute_features(ds.con, spine, settings.features, ds.attributes)
     finally:
@@ -138,9 +167,12 @@ def customer_lifetimes(ds: DataSet, settings: Settings) -> pd.DataFrame:
     """Each customer's signup, first churn (if observed) and lifetime in days, for cohorts.
 
     Returns customer_id, signed_up_at, churned_at (NaT when still a customer), lifetime_days
-    (to churn, or to the end of the data) and churned (bool).
+    (to churn, or to the end of the data) and churned (bool). Only churns confirmed by the
+    end of the data count.
     """
-    churns = from_item(build_churn_events(ds.con, settings.churn))
+    churn = resolve_churn(settings.churn, ds)
+    churns = (f"(SELECT * FROM {from_item(build_churn_events(ds.con, churn))} AS churn "
+              f"WHERE churned_at + INTERVAL {confirmation_lag_days(churn)} DAY <= $until)")
     return ds.con.execute(f"""
         SELECT customer.customer_id, customer.signed_up_at, min(churn.churned_at) AS churned_at,
                date_diff('second', customer.signed_up_at,

@@ -18,6 +18,8 @@ import duckdb
 import pandas as pd
 
 from churnlens.features.contract import ACTIVITY_TABLES, TABLES, VALUE_RULES, TableSpec
+from churnlens.features.shapes import recognise_shape
+from churnlens.settings import ChurnSettings, Settings
 
 _SQL_TYPES = {"str": "VARCHAR", "timestamp": "TIMESTAMP", "float": "DOUBLE"}
 
@@ -38,10 +40,13 @@ class LoadReport:
     defaulted_columns: dict[str, list[str]] = field(default_factory=dict)
     missing_tables: list[str] = field(default_factory=list)
     observed_until: str = ""
+    shape: list[str] = field(default_factory=list)  # the shape and from when churn shows
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """A human-readable summary, one line per table and per note."""
         out = [f"source {self.source}, observed until {self.observed_until}"]
+        out += [f"  {line}" for line in self.shape]
         for table, n in self.rows_read.items():
             out.append(f"  {table}: {n:,} rows read, {self.rows_kept[table]:,} kept")
             for reason, count in self.set_aside.get(table, {}).items():
@@ -52,17 +57,25 @@ class LoadReport:
                 out.append(f"    absent optional columns: {', '.join(self.defaulted_columns[table])}")
         for table in self.missing_tables:
             out.append(f"  {table}: not in the source; its features are empty")
+        out += [f"  {note}" for note in self.notes]
         return out
 
 
 @dataclass
 class DataSet:
-    """Clean contract tables in a DuckDB connection, and when the data end."""
+    """Clean contract tables in a DuckDB connection, when the data end, and their shape.
+
+    shape: "subscriptions" | "snapshot" | "transactions" (`churnlens.features.shapes`);
+    churn_observable_from: the first moment the data can show a churn under the shape's
+    own definition (None: never).
+    """
 
     con: duckdb.DuckDBPyConnection
     observed_until: pd.Timestamp
     attributes: dict[str, str]  # static customer attribute -> "str" | "float"
     report: LoadReport
+    shape: str = "subscriptions"
+    churn_observable_from: pd.Timestamp | None = None
 
 
 def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
@@ -267,17 +280,22 @@ def _observed_until(con, explicit: str | pd.Timestamp | None, tables: list[str])
     return pd.Timestamp(latest).normalize() + pd.Timedelta(days=1)
 
 
-def load_source(source, observed_until: str | pd.Timestamp | None = None) -> DataSet:
-    """Load and validate a data source.
+def load_source(source, observed_until: str | pd.Timestamp | None = None, *,
+                horizon_days: int = Settings.model_fields["horizon_days"].default,
+                activity: str = ChurnSettings.model_fields["activity"].default) -> DataSet:
+    """Load and validate a data source, and recognise its shape.
 
     Args:
         source: a folder of NAME.parquet / NAME.csv, a .duckdb file, or {name: DataFrame}.
         observed_until: exclusive end of the observed data; records at or after it are set
             aside and counted. None: the day after the latest timestamp in the data.
+        horizon_days, activity: the settings `horizon_days` and `churn.activity`, which the
+            shape and the first observable churn depend on (defaults: the built-in ones).
 
     Returns:
         A `DataSet` whose connection holds tables customers, subscriptions, events,
-        payments, tickets and surveys with the contract's columns and types.
+        payments, tickets and surveys with the contract's columns and types, and whose
+        shape and churn_observable_from the load report names.
 
     Raises:
         DataError: a missing table or column, a wrong type, an unparseable timestamp, an
@@ -331,9 +349,18 @@ def load_source(source, observed_until: str | pd.Timestamp | None = None) -> Dat
                 f"recorded at or after observed_until {until.date()}"] = later
         report.rows_kept[name] = report.rows_read[name] - later
     # An end or close that lies after the observed data was not yet known: treat it as open.
-    con.execute("UPDATE subscriptions SET ended_at = NULL WHERE ended_at >= ?", [until])
+    late_ends = con.execute("UPDATE subscriptions SET ended_at = NULL WHERE ended_at >= ?",
+                            [until]).fetchall()[0][0]
+    if late_ends:
+        report.notes.append(
+            f"subscriptions: {late_ends:,} end(s) at or after observed_until {until.date()} "
+            "treated as not yet known (open); if the data were exported later, set "
+            "data.observed_until to the export date")
     con.execute("UPDATE tickets SET closed_at = NULL, csat = NULL WHERE closed_at >= ?", [until])
-    return DataSet(con=con, observed_until=until, attributes=attributes, report=report)
+    shape = recognise_shape(con, until, horizon_days=horizon_days, activity=activity)
+    report.shape = shape.lines()
+    return DataSet(con=con, observed_until=until, attributes=attributes, report=report,
+                   shape=shape.name, churn_observable_from=shape.churn_observable_from)
 
 
 def fingerprint(ds: DataSet) -> dict[str, str]:

@@ -1,9 +1,12 @@
-"""Cutoffs, the (customer, cutoff) spine of active customers, and churn events.
+"""Cutoffs, the (customer, cutoff) spine of customers, and churn events.
 
-Being active at a cutoff is decided only from what was known before it: a contract
-customer is active at c when a subscription started before c and had not ended by c; an
-inactivity customer when they had an event or payment in the N days before c. Each step
-takes the relations it reads and returns a relation (`churnlens.features.relations`).
+Being a customer at a cutoff is decided only from what was known before it: under the
+contract definition a customer is in the spine at c when a subscription started before c
+and had not ended by c; under the inactivity definition (no contracts) when they have any
+activity (`churn.activity`) before c, gone quiet or not: a quiet customer may come back.
+Each step takes the relations it reads and returns a relation
+(`churnlens.features.relations`). The churn settings must be concrete (contract or
+inactivity): `churnlens.features.shapes.resolve_churn` makes ``auto`` so.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import duckdb
 import pandas as pd
 
 from churnlens.features.relations import LOADED, Sources, from_item, materialise
+from churnlens.features.shapes import activity_sql
 from churnlens.settings import ChurnSettings, CutoffSettings
 
 FAR_FUTURE = "TIMESTAMP '9999-12-31'"
@@ -63,12 +67,15 @@ def cutoff_relation(con: duckdb.DuckDBPyConnection,
 
 def build_spine(con: duckdb.DuckDBPyConnection, cutoffs: duckdb.DuckDBPyRelation,
                 churn: ChurnSettings, sources: Sources = LOADED) -> duckdb.DuckDBPyRelation:
-    """The customers active at each of CUTOFFS: a relation (customer_id, cutoff), computed once.
+    """The customers at each of CUTOFFS: a relation (customer_id, cutoff), computed once.
 
+    contract: an active subscription at the cutoff; inactivity: any activity before it.
     Rows are sorted by customer_id then cutoff, each pair once; only customers who signed up
     before the cutoff. The relation reads a temporary table (`relations.drop` removes it).
+    Raises ValueError when CHURN's definition is not concrete.
     """
     at_cutoff = from_item(cutoffs)
+    _check_concrete(churn)
     if churn.definition == "contract":
         active = f"""
             SELECT DISTINCT subscription.customer_id, at_cutoff.cutoff
@@ -78,10 +85,11 @@ def build_spine(con: duckdb.DuckDBPyConnection, cutoffs: duckdb.DuckDBPyRelation
         """
     else:
         active = f"""
-            SELECT DISTINCT activity.customer_id, at_cutoff.cutoff
-            FROM ({_activity_sql(sources)}) AS activity JOIN {at_cutoff} AS at_cutoff
-              ON activity.activity_at < at_cutoff.cutoff
-             AND activity.activity_at >= at_cutoff.cutoff - INTERVAL {churn.inactivity_days} DAY
+            SELECT history.customer_id, at_cutoff.cutoff
+            FROM (SELECT customer_id, min(activity_at) AS first_at
+                  FROM ({activity_sql(churn.activity, sources)}) AS activity
+                  GROUP BY customer_id) AS history
+            JOIN {at_cutoff} AS at_cutoff ON history.first_at < at_cutoff.cutoff
         """
     return materialise(con, f"""
         SELECT active.customer_id, active.cutoff FROM ({active}) AS active
@@ -91,11 +99,10 @@ def build_spine(con: duckdb.DuckDBPyConnection, cutoffs: duckdb.DuckDBPyRelation
     """, "spine")
 
 
-def _activity_sql(sources: Sources) -> str:
-    return f"""
-        SELECT customer_id, occurred_at AS activity_at FROM {sources.events}
-        UNION ALL SELECT customer_id, occurred_at AS activity_at FROM {sources.payments}
-    """
+def _check_concrete(churn: ChurnSettings) -> None:
+    if churn.definition not in ("contract", "inactivity"):
+        raise ValueError(f"churn.definition {churn.definition!r} is not resolved for the data: "
+                         "pass churnlens.features.shapes.resolve_churn(settings.churn, ds)")
 
 
 def build_churn_events(con: duckdb.DuckDBPyConnection, churn: ChurnSettings,
@@ -103,8 +110,11 @@ def build_churn_events(con: duckdb.DuckDBPyConnection, churn: ChurnSettings,
     """Every churn in the history: a relation (customer_id, churned_at), a query run when read.
 
     contract: the end of a run of subscriptions with no gap longer than grace_days.
-    inactivity: the last activity before a gap of inactivity_days, plus inactivity_days.
+    inactivity: the last activity (`churn.activity`) before a silence longer than
+    inactivity_days, plus inactivity_days: the moment that silence is complete.
+    Raises ValueError when CHURN's definition is not concrete.
     """
+    _check_concrete(churn)
     if churn.definition == "contract":
         sql = f"""
             WITH periods AS (
@@ -129,7 +139,7 @@ def build_churn_events(con: duckdb.DuckDBPyConnection, churn: ChurnSettings,
         sql = f"""
             WITH activity AS (
                 SELECT DISTINCT customer_id, activity_at
-                FROM ({_activity_sql(sources)}) AS any_activity),
+                FROM ({activity_sql(churn.activity, sources)}) AS any_activity),
             following AS (
                 SELECT customer_id, activity_at,
                        lead(activity_at) OVER (PARTITION BY customer_id ORDER BY activity_at)

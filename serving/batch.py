@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from churnlens.features.loading import DataSet, load_source
 from churnlens.features.relations import from_item
+from churnlens.features.shapes import resolve_churn
 from churnlens.features.spine import build_spine, cutoff_relation
 from churnlens.serving.chunks import BatchError, Chunk, Engine, plan_chunks
 from churnlens.serving.local import LocalEngine
@@ -270,12 +271,14 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
         raise BatchError(f"engine must be one of {', '.join(ENGINES)}, not {job.engine!r}")
     model = load_model(job.model_uri)
     source = str(job.source or settings.data.source)
-    ds = load_source(source, settings.data.observed_until)
+    ds = load_source(source, settings.data.observed_until, horizon_days=settings.horizon_days,
+                     activity=settings.churn.activity)
     try:
         for line in ds.report.lines():
             log(line)
         as_of = parse_as_of(job.as_of, ds.observed_until)
-        spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]), settings.churn)
+        spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]),
+                            resolve_churn(settings.churn, ds))
         if spine.shape[0] == 0:
             raise BatchError(f"no customer is active as of {as_of.date()}; pick a date inside "
                              f"the data (it ends {ds.observed_until.date()})")

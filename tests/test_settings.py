@@ -81,7 +81,7 @@ def test_empty_file_gives_the_defaults(tmp_path):
     settings = load_settings(write_params(tmp_path, "# nothing set\n"))
     assert settings == parse_settings({})
     assert settings.horizon_days == 90
-    assert settings.churn.definition == "contract"
+    assert settings.churn.definition == "auto"
 
 
 @pytest.mark.parametrize(
@@ -108,8 +108,10 @@ def test_unknown_key_is_named(tmp_path, old, new, key):
         ("horizon_days: 90", "horizon_days: -1", "horizon_days",
          r"greater than or equal to 1 \(got -1\)"),
         ("  high: 0.25", "  high: 0.05", "tiers", r"medium < high < critical"),
-        ("  definition: contract", "  definition: foo", "churn.definition",
-         r"'contract' or 'inactivity' \(got 'foo'\)"),
+        ("  definition: auto  ", "  definition: foo  ", "churn.definition",
+         r"'auto', 'contract' or 'inactivity' \(got 'foo'\)"),
+        ("  dates: []", "  dates: [2026-10-01, 2026-10-01]", "cutoffs.dates",
+         r"must not repeat a date \(2026-10-01\)"),
         ("  windows: [7, 30, 90]", "  windows: [7, 14]", "features", r"windows must include 30"),
         ("  port: 3000", "  port: http", "serving.port", r"valid integer"),
         ("    learning_rate: 0.05", "    learning_rate: 0", "training.lightgbm.learning_rate",

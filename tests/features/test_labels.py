@@ -13,16 +13,19 @@ T = pd.Timestamp
 
 
 def _frames(extra_payments=()):
+    """Customers a (a plan change, then churn) and b (stays); z churned before any cutoff,
+    so the data record ends from the start and every cutoff is observable."""
     payments = [("a", T("2024-02-05"), 100.0, "paid"), ("a", T("2024-03-05"), 150.0, "paid"),
                 ("a", T("2024-04-05"), 150.0, "refunded"), *extra_payments]
     return {
-        "customers": pd.DataFrame({"customer_id": ["a", "b"],
-                                   "signed_up_at": [T("2024-01-05"), T("2024-02-10")]}),
+        "customers": pd.DataFrame({"customer_id": ["a", "b", "z"],
+                                   "signed_up_at": [T("2024-01-05"), T("2024-02-10"),
+                                                    T("2024-01-06")]}),
         "subscriptions": pd.DataFrame({
-            "customer_id": ["a", "a", "b"],
-            "started_at": [T("2024-01-05"), T("2024-03-05"), T("2024-02-10")],
-            "ended_at": [T("2024-03-05"), T("2024-06-05"), pd.NaT],
-            "mrr": [100.0, 150.0, 1000.0]}),
+            "customer_id": ["a", "a", "b", "z"],
+            "started_at": [T("2024-01-05"), T("2024-03-05"), T("2024-02-10"), T("2024-01-06")],
+            "ended_at": [T("2024-03-05"), T("2024-06-05"), pd.NaT, T("2024-01-20")],
+            "mrr": [100.0, 150.0, 1000.0, 10.0]}),
         "payments": pd.DataFrame(payments,
                                  columns=["customer_id", "occurred_at", "amount", "status"]),
     }
@@ -76,13 +79,30 @@ def test_grace_period_bridges_a_short_gap():
     assert short.loc[("a", T("2024-02-01")), "churned_at"] == T("2024-03-05")
 
 
-def test_inactivity_definition_churns_after_a_silent_gap():
+def test_inactivity_labels_look_forward_and_keep_quiet_customers():
     frames = _frames()
     frames["events"] = pd.DataFrame({"customer_id": ["a", "a", "b"],
                                      "occurred_at": [T("2024-01-10"), T("2024-01-20"),
                                                      T("2024-11-20")],
                                      "event": ["login"] * 3})
-    lab = _labels(frames, churn=ChurnSettings(definition="inactivity", inactivity_days=45))
-    # the payments are under 45 days apart up to April 5th: churn 45 days after it
-    assert lab.loc[("a", T("2024-03-01")), "churned_at"] == T("2024-05-20")
-    assert lab.loc[("a", T("2024-03-01")), "churned"] == 1
+    churn = ChurnSettings(definition="inactivity", inactivity_days=45, activity="any")
+    lab = _labels(frames, churn=churn)
+    # a's activity: events on Jan 10 and 20, purchases on Feb 5 and Mar 5 (the refund on
+    # Apr 5 is not the customer buying). a stays in the spine after going quiet.
+    assert sorted(lab.loc["a"].index) == list(pd.date_range("2024-02-01", "2024-11-01",
+                                                            freq="MS"))
+    assert lab.loc[("a", T("2024-03-01")), "churned"] == 0  # bought on Mar 5
+    assert lab.loc[("a", T("2024-04-01")), "churned"] == 1  # nothing in [Apr 1, Jun 30)
+    assert lab.loc[("a", T("2024-09-01")), "churned"] == 1  # window ends Nov 30, observed
+    assert pd.isna(lab.loc[("a", T("2024-10-01")), "churned"])  # ends Dec 30: not observed
+    # Survival: a's 45-day silence after Mar 5 completes on Apr 19.
+    assert lab.loc[("a", T("2024-03-01")), "churned_at"] == T("2024-04-19")
+    assert lab.loc[("a", T("2024-03-01")), "duration_days"] == pytest.approx(49.0)
+    # On Jun 1 a has been silent for more than 45 days: churned at the cutoff.
+    assert lab.loc[("a", T("2024-06-01")), "duration_days"] == 0.0
+    assert lab.loc[("a", T("2024-06-01")), "event"] == 1
+    # b's only activity (Nov 20) and z's lack of any keep them out of every cutoff.
+    assert set(lab.index.get_level_values("customer_id")) == {"a"}
+    # Counting purchases only, a joins at the first cutoff after its first purchase.
+    paid = _labels(frames, churn=churn.model_copy(update={"activity": "purchases"}))
+    assert paid.loc["a"].index.min() == T("2024-03-01")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,10 @@ DAY0 = pd.Timestamp("2024-01-01")
 CUSTOMERS = ["a", "b", "c"]
 END = "2025-06-01"
 SETTINGS = Settings()
+# Both churn definitions: the spine of inactivity (any history before the cutoff) must obey
+# the same rule as the contract one.
+DEFINITIONS = {name: Settings(churn={"definition": name, "activity": "any"})
+               for name in ("contract", "inactivity")}
 
 day = st.integers(min_value=0, max_value=240)
 cust = st.sampled_from(CUSTOMERS)
@@ -57,9 +62,9 @@ def _frames(events, payments, tickets, surveys, subs) -> dict[str, pd.DataFrame]
     }
 
 
-def _features(frames, cutoff) -> pd.DataFrame:
+def _features(frames, cutoff, settings: Settings = SETTINGS) -> pd.DataFrame:
     ds = load_source(frames, observed_until=END)
-    return build_snapshot(ds, cutoff, SETTINGS).frame.reset_index(drop=True)
+    return build_snapshot(ds, cutoff, settings).frame.reset_index(drop=True)
 
 
 def _late(rows, cutoff_day, ts_index=1):
@@ -78,6 +83,7 @@ def _mutate(rows, cutoff_day, data, strategy):
     return early + changed + added
 
 
+@pytest.mark.parametrize("definition", sorted(DEFINITIONS))
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=st.lists(event, min_size=1, max_size=25),
@@ -89,10 +95,11 @@ def _mutate(rows, cutoff_day, data, strategy):
     data=st.data(),
 )
 def test_records_at_or_after_cutoff_never_change_its_features(
-    events, payments, tickets, surveys, subs, cutoff_day, data
+    definition, events, payments, tickets, surveys, subs, cutoff_day, data
 ):
     cutoff = _ts(cutoff_day)
-    before = _features(_frames(events, payments, tickets, surveys, subs), cutoff)
+    chosen = DEFINITIONS[definition]
+    before = _features(_frames(events, payments, tickets, surveys, subs), cutoff, chosen)
     # Subscriptions and tickets also carry a later-known time (end, close): move those
     # around freely as long as they stay at or after the cutoff.
     late_end = st.integers(min_value=cutoff_day, max_value=400)
@@ -113,6 +120,7 @@ def test_records_at_or_after_cutoff_never_change_its_features(
             subs_changed + _mutate(_late(subs, cutoff_day), cutoff_day, data, subscription),
         ),
         cutoff,
+        chosen,
     )
     pd.testing.assert_frame_equal(before, after, check_dtype=False)
 

@@ -13,7 +13,7 @@ from churnlens.features.spine import build_spine, cutoff_relation
 from churnlens.settings import Settings
 
 T = pd.Timestamp
-SETTINGS = Settings()
+SETTINGS = Settings(churn={"definition": "contract"})  # build_spine needs it concrete
 
 
 def _frames() -> dict[str, pd.DataFrame]:
