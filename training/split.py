@@ -3,8 +3,9 @@
 Test is the latest labelled cutoffs; calibration comes before them with an embargo (its
 label windows end by the first test cutoff, so no calibration label looks into test's
 period); validation sits just before calibration; train keeps only cutoffs whose label
-windows end by the first validation cutoff. When the history is too short for that (a
-one-snapshot CRM export), customers are split instead, by a stable hash of their id.
+windows end by the first validation cutoff. When the labelled cutoffs are too few for
+that (always with one labelled cutoff, e.g. a one-snapshot CRM export), customers are split
+instead, by a stable hash of their id.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def temporal_split(frame: pd.DataFrame, horizon_days: int, settings: TrainingSet
     """Split a training frame (customer_id, cutoff, churned, duration_days, event, ...).
 
     Only rows with a non-null `churned` go into the four slices. Falls back to a split by
-    customer (method "customer", with a note) when fewer distinct labelled cutoffs exist
-    than test + calibration + validation + 1. Raises ValueError when required columns are
-    missing, no row is labelled, or a slice would be empty or hold only one class.
+    customer (method "customer", with a note saying why) exactly when the labelled cutoffs
+    cannot give each of the four time slices a cutoff with the embargoes above (one
+    labelled cutoff never can). Raises ValueError when required columns are missing, no row
+    is labelled, or a slice would be empty or hold only one class; the message says what to
+    change for the case at hand.
     """
     missing = [c for c in ("customer_id", "cutoff", "churned", "duration_days", "event")
                if c not in frame.columns]
@@ -59,39 +62,52 @@ def temporal_split(frame: pd.DataFrame, horizon_days: int, settings: TrainingSet
                          "churnlens.features.build.build_training_set")
     labelled = frame[frame["churned"].notna()]
     if labelled.empty:
-        raise ValueError(f"none of the {len(frame)} rows has a churn label: no cutoff has its "
-                         f"{horizon_days}-day window observed; use a longer history")
+        span = sorted(pd.Timestamp(c) for c in frame["cutoff"].unique())
+        where = f" (cutoffs {span[0].date()} to {span[-1].date()})" if span else ""
+        raise ValueError(
+            f"none of the {len(frame)} rows has a churn label: no cutoff{where} has its "
+            f"{horizon_days}-day label window inside the data; lower horizon_days, set "
+            "data.observed_until to the date the data were exported, or name cutoffs at least "
+            "horizon_days before the end in cutoffs.dates")
     cutoffs = sorted(pd.Timestamp(c) for c in labelled["cutoff"].unique())
-    needed = settings.test_cutoffs + settings.calibration_cutoffs + settings.validation_cutoffs
-    if len(cutoffs) < needed + 1:
+    bounds, empty = _time_bounds(cutoffs, horizon_days, settings)
+    if empty:
         split = _customer_split(frame, labelled, settings.seed)
+        why = (f"one labelled cutoff ({cutoffs[0].date()})" if len(cutoffs) == 1 else
+               f"{len(cutoffs)} labelled cutoffs leave the {empty} slice of a time split "
+               f"without cutoffs (test_cutoffs {settings.test_cutoffs}, calibration_cutoffs "
+               f"{settings.calibration_cutoffs}, validation_cutoffs "
+               f"{settings.validation_cutoffs}, {horizon_days}-day embargoes)")
         split.notes.append(
             f"split by customer (hash of customer_id, seed {settings.seed}, "
-            f"{'/'.join(str(round(s * 100)) for s in CUSTOMER_SHARES)}): only {len(cutoffs)} "
-            f"labelled cutoff(s), a time split needs at least {needed + 1}")
+            f"{'/'.join(str(round(s * 100)) for s in CUSTOMER_SHARES)}): {why}")
     else:
-        split = _time_split(frame, labelled, cutoffs, horizon_days, settings)
+        split = _time_split(frame, labelled, bounds)
     for name in SLICES:
-        _check_slice(name, getattr(split, name))
+        _check_slice(name, getattr(split, name), split, labelled)
     return split
 
 
-def _time_split(frame: pd.DataFrame, labelled: pd.DataFrame, cutoffs: list[pd.Timestamp],
-                horizon_days: int, settings: TrainingSettings) -> Split:
+def _time_bounds(cutoffs: list[pd.Timestamp], horizon_days: int, settings: TrainingSettings
+                 ) -> tuple[dict[str, list[pd.Timestamp]], str | None]:
+    """The cutoffs of each time slice, and the first slice left without any (None: none)."""
     horizon = pd.Timedelta(days=horizon_days)
     test = cutoffs[-settings.test_cutoffs:]
-    embargoed = [c for c in cutoffs if c + horizon <= test[0]]
+    embargoed = [c for c in cutoffs if test and c + horizon <= test[0]]
     calibration = embargoed[-settings.calibration_cutoffs:]
     validation = [c for c in cutoffs if calibration and c < calibration[0]]
     validation = validation[-settings.validation_cutoffs:]
     train = [c for c in cutoffs if validation and c + horizon <= validation[0]]
     bounds = {"train": train, "validation": validation, "calibration": calibration, "test": test}
-    for name in ("test", "calibration", "validation", "train"):  # the order they are derived
-        if not bounds[name]:
-            raise ValueError(
-                f"time split leaves the {name} slice without cutoffs: {len(cutoffs)} labelled "
-                f"cutoffs from {cutoffs[0].date()} to {cutoffs[-1].date()} are too few for "
-                f"{horizon_days}-day embargoes; lower test/validation/calibration_cutoffs")
+    empty = next((name for name in ("test", "calibration", "validation", "train")
+                  if not bounds[name]), None)  # in the order they are derived
+    return bounds, empty
+
+
+def _time_split(frame: pd.DataFrame, labelled: pd.DataFrame,
+                bounds: dict[str, list[pd.Timestamp]]) -> Split:
+    train, validation = bounds["train"], bounds["validation"]
+    calibration, test = bounds["calibration"], bounds["test"]
     notes = [f"split by time: train {train[0].date()}..{train[-1].date()}, validation "
              f"{validation[0].date()}..{validation[-1].date()}, calibration "
              f"{calibration[0].date()}..{calibration[-1].date()}, test "
@@ -138,12 +154,35 @@ def _customer_split(frame: pd.DataFrame, labelled: pd.DataFrame, seed: int) -> S
     return Split(**slices, survival_train=survival, method="customer", boundaries=bounds)
 
 
-def _check_slice(name: str, part: pd.DataFrame) -> None:
+def _check_slice(name: str, part: pd.DataFrame, split: Split, labelled: pd.DataFrame) -> None:
+    """Every slice needs rows of both classes; the message fits the split and the data."""
+    customers = labelled["customer_id"].nunique()
     if part.empty:
-        raise ValueError(f"the {name} slice is empty; the data has too few labelled rows "
-                         "or customers to split")
+        raise ValueError(f"the {name} slice is empty: {len(labelled):,} labelled rows of "
+                         f"{customers:,} customers are too few to split by {split.method}; "
+                         "use more customers")
     classes = part["churned"].unique()
-    if len(classes) < 2:
-        raise ValueError(f"the {name} slice ({len(part)} rows) holds only churned="
-                         f"{int(classes[0])}; models need churners and non-churners in "
-                         "every slice: use more customers or a longer history")
+    if len(classes) > 1:
+        return
+    only, churners = int(classes[0]), int(labelled["churned"].sum())
+    head = f"the {name} slice ({len(part):,} rows) holds only churned={only}"
+    if churners in (0, len(labelled)):
+        every = "no" if churners == 0 else "every"
+        raise ValueError(
+            f"{head}: {every} labelled row of all {len(labelled):,} is a churner, so no model "
+            "can be fitted; check churn.definition and horizon_days, and that the source "
+            "records the churns (subscriptions.ended_at, or the purchases and activity)")
+    if split.method == "customer":
+        raise ValueError(
+            f"{head}: the {churners:,} churners among {len(labelled):,} labelled rows of "
+            f"{customers:,} customers are too few for every slice of the split by customer "
+            "to hold both classes; use more customers or a longer horizon_days")
+    with_churn = sorted(labelled.loc[labelled["churned"] == 1, "cutoff"].unique())
+    cuts = split.boundaries[name]
+    raise ValueError(
+        f"{head} (cutoffs {cuts[0].date()} to {cuts[-1].date()}), while churns are recorded "
+        f"at {len(with_churn)} cutoff(s) from {pd.Timestamp(with_churn[0]).date()} to "
+        f"{pd.Timestamp(with_churn[-1]).date()}; give the slice more cutoffs (training."
+        "test_cutoffs / calibration_cutoffs / validation_cutoffs; train takes what is left) or "
+        "use more customers; if the data cannot show churns at the other cutoffs, name the "
+        "ones that can in cutoffs.dates")

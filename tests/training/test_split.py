@@ -121,7 +121,8 @@ def test_one_snapshot_falls_back_to_a_customer_split(frame):
     one = frame[frame["cutoff"] == pd.Timestamp("2026-01-01")]
     s = temporal_split(one, HORIZON, TrainingSettings())
     assert s.method == "customer"
-    assert any("by customer" in note for note in s.notes)
+    assert s.notes == ["split by customer (hash of customer_id, seed 42, 60/15/10/15): one "
+                       "labelled cutoff (2026-01-01)"]
     ids = [set(getattr(s, name)["customer_id"]) for name in SLICES]
     assert sum(len(i) for i in ids) == len(set().union(*ids)) == len(one)
     shares = np.array([len(i) for i in ids]) / len(one)
@@ -156,24 +157,56 @@ def test_split_laws_hold_for_any_settings(frame, test, validation, calibration, 
 
 def test_no_labelled_rows_is_an_error():
     frame = _tiny(["2024-01-01", "2024-02-01"], [None, None])
-    with pytest.raises(ValueError, match="none of the 80 rows has a churn label"):
+    with pytest.raises(ValueError, match=r"none of the 80 rows has a churn label: no cutoff "
+                                         r"\(cutoffs 2024-01-01 to 2024-02-01\) has its 90-day "
+                                         r"label window inside the data; lower horizon_days"):
         temporal_split(frame, HORIZON, TrainingSettings())
 
 
-def test_single_class_slice_is_an_error():
+def test_single_class_slice_of_a_time_split_names_where_churns_are():
     cutoffs = [f"2024-{m:02d}-01" for m in range(1, 13)]
     frame = _tiny(cutoffs, [0.0] * 12)
     frame.loc[frame["cutoff"] >= pd.Timestamp("2024-11-01"), "churned"] = 0.0
-    with pytest.raises(ValueError, match="test slice .* holds only churned=0"):
+    with pytest.raises(ValueError, match=r"test slice \(80 rows\) holds only churned=0 \(cutoffs "
+                                         r"2024-11-01 to 2024-12-01\), while churns are recorded "
+                                         r"at 10 cutoff\(s\) from 2024-01-01 to 2024-10-01; give "
+                                         r"the slice more cutoffs"):
         temporal_split(frame, 30, TrainingSettings())
 
 
-def test_too_short_for_the_embargo_is_an_error():
+def test_no_churner_at_all_says_so_not_to_add_history():
+    frame = _tiny(["2024-01-01"], [0.0])
+    frame["churned"] = 0.0
+    with pytest.raises(ValueError, match=r"holds only churned=0: no labelled row of all 40 is a "
+                                         r"churner, so no model can be fitted; check "
+                                         r"churn.definition"):
+        temporal_split(frame, HORIZON, TrainingSettings())
+
+
+def test_too_few_churners_for_a_customer_split_asks_for_customers():
+    frame = _tiny(["2024-01-01"], [0.0], n_customers=200)
+    frame["churned"] = 0.0
+    frame.loc[0, "churned"] = 1.0
+    with pytest.raises(ValueError, match=r"slice \(\d+ rows\) holds only churned=0: the 1 "
+                                         r"churners among 200 labelled rows of 200 customers are "
+                                         r"too few .* split by customer"):
+        temporal_split(frame, HORIZON, TrainingSettings())
+
+
+def test_too_few_cutoffs_for_the_embargoes_split_by_customer():
     # Six monthly cutoffs: test May-June, calibration February (embargo), validation
     # January, and no cutoff is 90 days before January for training.
     frame = _tiny([f"2024-{m:02d}-01" for m in range(1, 7)], [0.0] * 6)
-    with pytest.raises(ValueError, match="leaves the train slice without cutoffs"):
-        temporal_split(frame, HORIZON, TrainingSettings(calibration_cutoffs=1))
+    s = temporal_split(frame, HORIZON, TrainingSettings(calibration_cutoffs=1))
+    assert s.method == "customer"
+    assert s.notes == ["split by customer (hash of customer_id, seed 42, 60/15/10/15): 6 "
+                       "labelled cutoffs leave the train slice of a time split without cutoffs "
+                       "(test_cutoffs 2, calibration_cutoffs 1, validation_cutoffs 2, 90-day "
+                       "embargoes)"]
+    # Ten months give train a cutoff 90 days before validation: the split is by time again.
+    longer = _tiny([f"2024-{m:02d}-01" for m in range(1, 11)], [0.0] * 10)
+    by_time = temporal_split(longer, HORIZON, TrainingSettings(calibration_cutoffs=1))
+    assert by_time.method == "time" and by_time.boundaries["train"] == [pd.Timestamp("2024-01-01")]
 
 
 def test_missing_columns_are_named():
