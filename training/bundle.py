@@ -14,7 +14,7 @@ import pandas as pd
 
 from churnlens.features.queries import Feature
 from churnlens.settings import LtvSettings, PlaybookSettings, TierSettings
-from churnlens.training.ltv import ltv_from_model
+from churnlens.training.ltv_models import LtvCandidate, SurvivalRevenue
 from churnlens.training.risk import RiskModel
 from churnlens.training.survival import SurvivalModel
 
@@ -33,6 +33,8 @@ class ChurnModel:
     top_n: int
     info: dict = field(default_factory=dict)  # name, version, run_id, metrics, trained_at
     reference: dict = field(default_factory=dict)  # training distributions, for drift checks
+    # The LTV model the run kept (`churnlens.training.ltv_selection`); None: survival x rate.
+    ltv_model: LtvCandidate | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -47,10 +49,22 @@ class ChurnModel:
         """The model reference carried by every score record."""
         return {k: self.info.get(k) for k in ("name", "version", "run_id")}
 
-    def expected_ltv(self, frame: pd.DataFrame) -> np.ndarray:
-        """Expected discounted revenue over the LTV horizon for each row."""
-        return ltv_from_model(self.survival, frame, self.ltv.horizon_days,
-                              self.ltv.annual_discount_rate)
+    @property
+    def ltv_estimator(self) -> LtvCandidate:
+        """The fitted LTV model: the one kept in training, else survival x revenue rate."""
+        if self.ltv_model is not None:
+            return self.ltv_model
+        return SurvivalRevenue(self.survival, self.ltv.horizon_days,
+                               self.ltv.annual_discount_rate).fit()
+
+    def expected_ltv(self, frame: pd.DataFrame, monthly_survival: np.ndarray | None = None
+                     ) -> np.ndarray:
+        """Expected discounted revenue over the LTV horizon for each row, from the LTV model.
+
+        monthly_survival: the survival curve at `monthly_grid(ltv.horizon_days)` when the
+        caller has it (survival x rate then reuses it).
+        """
+        return self.ltv_estimator.predict(frame, monthly_survival=monthly_survival)
 
     def tiers_of(self, probabilities: np.ndarray) -> np.ndarray:
         """Risk tier names for churn probabilities, from the thresholds in params.yaml."""

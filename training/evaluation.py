@@ -14,6 +14,7 @@ import pandas as pd
 
 from churnlens.training import metrics as m
 from churnlens.training.bundle import ChurnModel
+from churnlens.training.ltv_selection import ltv_evaluation, purchase_risk_baselines
 
 SURVIVAL_GRID = np.array([30, 60, 90, 120, 150, 180, 240, 300, 365], dtype=float)
 
@@ -55,6 +56,7 @@ def evaluate_risk(model: ChurnModel, train: pd.DataFrame, test: pd.DataFrame,
     ev.metrics.update(_prefixed("logistic", m.classification_metrics(y, p_log)))
     base_rate = np.full(len(y), float(train["churned"].astype(float).mean()))
     ev.metrics.update(_prefixed("base_rate", m.classification_metrics(y, base_rate)))
+    ev.metrics.update(purchase_risk_baselines(model, test))  # BG/NBD, purchase data only
     if oracle is not None:
         ev.arrays["p_oracle"] = oracle
         ev.metrics.update(_prefixed("oracle", m.classification_metrics(y, oracle)))
@@ -75,17 +77,9 @@ def evaluate_survival(model: ChurnModel, survival_train: pd.DataFrame, test: pd.
 
 
 def evaluate_ltv(model: ChurnModel, frame: pd.DataFrame, ev: Evaluation) -> None:
-    """LTV on the latest cutoff whose whole LTV window is observed (the test slice's is not)."""
-    observed = frame[frame["revenue_ltv"].notna()]
-    if observed.empty:
-        ev.notes.append("LTV not evaluated: no cutoff has a fully observed LTV window")
-        return
-    latest = observed["cutoff"].max()
-    rows = observed[observed["cutoff"] == latest]
-    pred = model.expected_ltv(rows)
-    ev.arrays.update(ltv_actual=rows["revenue_ltv"].to_numpy(), ltv_pred=pred)
-    ev.metrics.update(_prefixed("ltv", m.ltv_metrics(rows["revenue_ltv"].to_numpy(), pred)))
-    ev.notes.append(
-        f"LTV checked against realised revenue at cutoff {latest.date()} ({len(rows):,} "
-        "customers), the latest with a fully observed LTV window; that cutoff lies inside the "
-        "training period, so this check is optimistic")
+    """The LTV model kept and its baselines, as measured by the run's LTV choice
+    (`churnlens.training.ltv_selection`); FRAME: every row, for models fitted elsewhere."""
+    metrics, notes, arrays = ltv_evaluation(model, frame)
+    ev.metrics.update(metrics)
+    ev.notes.extend(notes)
+    ev.arrays.update(arrays)

@@ -29,14 +29,19 @@ def monthly_grid(horizon_days: int) -> np.ndarray:
 def monthly_revenue(frame: pd.DataFrame) -> np.ndarray:
     """Revenue per month at the cutoff: mrr, or paid_amount_90d / 3 where mrr is missing.
 
-    A row with neither stays NaN (its LTV is unknown, not zero). Raises ValueError when the
-    frame lacks the mrr or paid_amount_90d column.
+    A frame without one of the two columns (no subscriptions, or no payments, in the source)
+    reads the other alone. A row with neither value stays NaN (its LTV is unknown, not zero).
+    Raises ValueError when the frame has neither column.
     """
-    missing = [c for c in ("mrr", "paid_amount_90d") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"frame lacks column(s) {missing} needed for the revenue rate")
-    mrr = frame["mrr"].to_numpy(dtype=float)
-    return np.where(np.isnan(mrr), frame["paid_amount_90d"].to_numpy(dtype=float) / 3.0, mrr)
+    present = [c for c in ("mrr", "paid_amount_90d") if c in frame.columns]
+    if not present:
+        raise ValueError("frame lacks both mrr and paid_amount_90d: the revenue rate needs "
+                         "one of them (subscriptions or payments in the source)")
+    unknown = np.full(len(frame), np.nan)
+    mrr = frame["mrr"].to_numpy(dtype=float) if "mrr" in present else unknown
+    paid = (frame["paid_amount_90d"].to_numpy(dtype=float) / 3.0
+            if "paid_amount_90d" in present else unknown)
+    return np.where(np.isnan(mrr), paid, mrr)
 
 
 def expected_ltv(survival: np.ndarray, monthly_revenue: np.ndarray, horizon_days: int,

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from churnlens.features.build import FeatureFrame, build_training_set
-from churnlens.features.loading import fingerprint, load_source
+from churnlens.features.loading import DataSet, fingerprint, load_source
 from churnlens.settings import Settings
 from churnlens.training import plots
 from churnlens.training.bundle import ChurnModel
@@ -29,6 +29,7 @@ from churnlens.training.evaluation import (
     evaluate_survival,
     oracle_probabilities,
 )
+from churnlens.training.ltv_selection import fit_ltv
 from churnlens.training.progress import Stages, boosting_bar, candidates_bar, quiet_third_party
 from churnlens.training.reference import reference_distributions
 from churnlens.training.report import render, report_title, run_subtitle
@@ -60,19 +61,23 @@ class TrainResult:
 
 
 def fit_model(ff: FeatureFrame, split: Split, settings: Settings,
-              stages: Stages | None = None) -> ChurnModel:
-    """Fit the risk and survival models on their slices and bundle them for scoring.
+              stages: Stages | None = None, ds: DataSet | None = None) -> ChurnModel:
+    """Fit the risk, survival and LTV models on their slices and bundle them for scoring.
 
     stages: where to say what each model did, with progress bars; None = silently.
+    ds: the loaded data (its shape picks the LTV candidates, `ltv_selection.fit_ltv`).
     """
     risk = _fit_risk(ff, split, settings, stages)
     survival = _fit_survival(ff, split, settings.training.seed, stages)
+    ltv = fit_ltv(ff.frame, ff.features, survival, settings, ds)
+    if stages is not None:
+        stages.line("LTV model", ltv.summary, ltv.seconds)
     reference = reference_distributions(split.train, ff.features, risk.predict_proba(split.test))
     return ChurnModel(
         features=ff.features, risk=risk, survival=survival,
         horizon_days=settings.horizon_days, ltv=settings.ltv, tiers=settings.tiers,
         playbooks=settings.playbooks, top_n=settings.drivers.top_n,
-        reference=reference,
+        reference=reference, ltv_model=ltv.model,
     )
 
 
@@ -210,7 +215,7 @@ def _tracked(settings: Settings, source, promote: str, params_path: Path | None,
              ) -> TrainResult:
     """The stages inside the MLflow run: models, evaluation, plots, logging, registry."""
     name = settings.mlflow.model_name
-    model = fit_model(ff, split, settings, stages)
+    model = fit_model(ff, split, settings, stages, ds)
     model.info = {"name": name, "version": None, "run_id": run.info.run_id,
                   "trained_at": pd.Timestamp.now("UTC").isoformat()}
     with stages("evaluation") as stage:

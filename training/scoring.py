@@ -16,7 +16,7 @@ import pandas as pd
 
 from churnlens.training.bundle import ChurnModel
 from churnlens.training.drivers import risk_tier
-from churnlens.training.ltv import expected_ltv, monthly_grid, monthly_revenue
+from churnlens.training.ltv import monthly_grid
 
 SURVIVAL_DAYS = ("30", "90", "180", "365")
 
@@ -111,8 +111,7 @@ def score_arrays(model: ChurnModel, rows: Prepared, num_threads: int | None = No
     for j, d in enumerate(SURVIVAL_DAYS):
         out[f"survival_{d}"] = surv[:, j]
     out["expected_remaining_days"] = remaining
-    out["expected_ltv"] = expected_ltv(monthly, monthly_revenue(checked),
-                                       model.ltv.horizon_days, model.ltv.annual_discount_rate)
+    out["expected_ltv"] = model.expected_ltv(checked, monthly_survival=monthly)
     return out
 
 

@@ -50,8 +50,12 @@ def test_monthly_revenue_falls_back_to_payments_and_keeps_unknowns_missing():
     rev = monthly_revenue(frame)
     assert rev[:2].tolist() == [100.0, 100.0]
     assert np.isnan(rev[2])
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['paid_amount_90d'\]"):
-        monthly_revenue(frame.drop(columns="paid_amount_90d"))
+    # A source without subscriptions (or without payments) reads the other column alone.
+    only_paid = monthly_revenue(frame.drop(columns="mrr"))
+    assert only_paid[:2].tolist() == [1 / 3, 100.0] and np.isnan(only_paid[2])
+    assert monthly_revenue(frame.drop(columns="paid_amount_90d"))[0] == 100.0
+    with pytest.raises(ValueError, match="lacks both mrr and paid_amount_90d"):
+        monthly_revenue(frame.drop(columns=["mrr", "paid_amount_90d"]))
 
 
 @pytest.mark.parametrize(("survival", "revenue", "rate", "match"), [
