@@ -20,7 +20,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 IBS_RANGE_DAYS = (30.0, 365.0)
 
@@ -276,15 +276,24 @@ def kaplan_meier_baseline(train_duration, train_event) -> Callable[[Sequence[flo
     return survival
 
 
-def logistic_baseline(train: pd.DataFrame, features) -> Pipeline:
-    """Logistic regression of `churned` on the numeric features (median impute, standardise).
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Category columns as plain strings, a missing value as its own level "<missing>"."""
+    return frame.astype(object).where(frame.notna(), "<missing>").astype(str)
 
-    features: the `Feature` list; category features are left out. Rows whose churn label is
-    unobserved (NA) are not used. Returns the fitted Pipeline (`predict_proba` on frames).
+
+def logistic_baseline(train: pd.DataFrame, features) -> Pipeline:
+    """Logistic regression of `churned` on every feature, fitted as a data scientist would.
+
+    features: the `Feature` list. Numeric features are median-imputed and standardised,
+    category features one-hot encoded (a missing value is a level of its own); imputer,
+    scaler and encoder are fitted on TRAIN, and a level TRAIN never showed gets no column
+    (all zeros) when predicting. Rows whose churn label is unobserved (NA) are not used.
+    Returns the fitted Pipeline (`predict_proba` on frames holding the feature columns).
     Raises ValueError for missing columns or when the labelled rows hold a single class.
     """
-    names = [f.name for f in features if f.kind == "numeric"]
-    missing = [c for c in [*names, "churned"] if c not in train.columns]
+    numeric = [f.name for f in features if f.kind == "numeric"]
+    categories = [f.name for f in features if f.kind == "category"]
+    missing = [c for c in [*numeric, *categories, "churned"] if c not in train.columns]
     if missing:
         raise ValueError(f"train frame lacks columns {missing}")
     labelled = train[train["churned"].notna()]
@@ -292,7 +301,12 @@ def logistic_baseline(train: pd.DataFrame, features) -> Pipeline:
     if y.nunique() < 2:
         raise ValueError(f"the {len(labelled)} labelled train rows hold a single class; "
                          "logistic regression needs churners and non-churners")
-    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    model = Pipeline([("columns", ColumnTransformer([("numeric", numeric, names)])),
+    columns = [("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
+                                     ("scale", StandardScaler())]), numeric)]
+    if categories:
+        columns.append(("category", Pipeline([
+            ("text", FunctionTransformer(_as_text)),
+            ("one_hot", OneHotEncoder(handle_unknown="ignore"))]), categories))
+    model = Pipeline([("columns", ColumnTransformer(columns)),
                       ("logistic", LogisticRegression(max_iter=2000))])
-    return model.fit(labelled[names], y)
+    return model.fit(labelled[numeric + categories], y)

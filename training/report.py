@@ -66,7 +66,8 @@ COLUMNS = {
     "risk_uncalibrated": ("model, uncalibrated", "the same LightGBM before calibration"),
     "survival": ("model", "the survival model kept (see below)"),
     "ltv": ("model", "survival curve x revenue rate, discounted"),
-    "logistic": ("logistic", "logistic regression on the numeric features"),
+    "logistic": ("logistic", "logistic regression on every feature: numeric ones "
+                 "median-imputed and standardised, categories one-hot encoded"),
     "base_rate": ("base rate", "every customer gets the training churn rate"),
     "kaplan_meier": ("Kaplan-Meier", "one population survival curve, no features"),
     "oracle": ("oracle", "the sample generator's true churn probabilities: the best any "

@@ -216,9 +216,28 @@ def test_logistic_baseline_ranks_by_the_numeric_feature():
     assert np.corrcoef(p, frame["x"])[0, 1] > 0.9
 
 
+def test_logistic_baseline_uses_one_hot_categories_fitted_on_train():
+    rng = np.random.default_rng(2)
+    plan = rng.choice(["basic", "pro", "team"], 600)
+    churned = (rng.random(600) < np.where(plan == "basic", 0.6, 0.05)).astype(float)
+    frame = pd.DataFrame({"x": rng.normal(size=600), "plan": plan, "churned": churned})
+    frame.loc[::7, "x"] = np.nan  # imputed with the train median
+    model = logistic_baseline(frame.astype({"plan": "category"}), FEATURES)
+    encoder = model.named_steps["columns"].named_transformers_["category"]["one_hot"]
+    assert encoder.categories_[0].tolist() == ["basic", "pro", "team"]
+    test = pd.DataFrame({"x": [0.0] * 5, "plan": ["basic", "pro", "team", "galactic", None]})
+    p = model.predict_proba(test)[:, 1]
+    assert p[0] > 0.4 > 0.15 > p[1] and p[2] < 0.15
+    # A level train never showed, and a missing one (also unseen here), get no column: the
+    # same probability as each other, between the known levels'.
+    assert p[3] == pytest.approx(p[4]) and p[1] < p[3] < p[0]
+
+
 def test_logistic_baseline_errors():
     frame = _labelled_frame()
     with pytest.raises(ValueError, match="single class"):
         logistic_baseline(frame.assign(churned=1.0), FEATURES)
     with pytest.raises(ValueError, match=r"lacks columns \['x'\]"):
         logistic_baseline(frame.drop(columns="x"), FEATURES)
+    with pytest.raises(ValueError, match=r"lacks columns \['plan'\]"):
+        logistic_baseline(frame.drop(columns="plan"), FEATURES)
