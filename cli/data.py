@@ -19,12 +19,17 @@ from churnlens.cli.common import (
 
 def add_commands(sub, parents) -> None:
     p = add_command(sub, "sample-data", "write a synthetic customer base to try churnlens on",
-                    parents, details="A B2B SaaS base in the data contract (parquet), with the "
-                    "generator's true churn\nprobabilities (truth.parquet) for the evaluation.")
+                    parents, details="A synthetic base in the data contract (parquet) in "
+                    "one of three shapes, with the\ngenerator's ground truth (truth.parquet) "
+                    "for the evaluation.")
     p.add_argument("--customers", type=at_least(1), default=5000, metavar="N",
                    help="number of customers")
     p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
                    help="random seed")
+    p.add_argument("--shape", choices=("subscriptions", "snapshot", "transactions"),
+                   default="subscriptions",
+                   help="data shape: subscription history (B2B SaaS contracts over years), a "
+                        "one-snapshot CRM export, or a purchase log without contracts")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="output folder (default: data.source in the settings, data/sample)")
     p.set_defaults(run=sample_data)
@@ -51,14 +56,16 @@ def sample_data(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out} is a file; sample data are a folder of parquet "
                          "files: pass a folder")
     settings = settings_of(args)
-    from churnlens.features.sample import generate_sample, write_sample
+    from churnlens.features.sample import generate_shape, write_sample
 
     t0 = time.perf_counter()
-    tables = generate_sample(args.customers, seed=args.seed, horizon_days=settings.horizon_days)
+    tables = generate_shape(args.shape, args.customers, seed=args.seed,
+                            horizon_days=settings.horizon_days,
+                            ltv_horizon_days=settings.ltv.horizon_days)
     out = Path(args.out or settings.data.source)
     paths = write_sample(tables, out)
     rows = ", ".join(f"{name} {len(tables[name]):,}" for name in paths)
-    say(f"wrote sample data for {args.customers:,} customers to {out} "
+    say(f"wrote {args.shape} sample data for {args.customers:,} customers to {out} "
         f"({rows}) in {time.perf_counter() - t0:.1f} s")
 
 
