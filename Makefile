@@ -37,10 +37,11 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# The inner loop: everything but the end-to-end tests that train a model or start a server.
+# The inner loop: everything but the end-to-end tests that train a model or start a server,
+# one test file per core at a time (module fixtures are built once).
 test-fast: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 # The notebook executed top to bottom, as HTML with its plots (outputs never go into git).
 notebook: setup
