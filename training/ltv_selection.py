@@ -14,9 +14,9 @@ its test cutoff E, the latest cutoff whose LTV window is fully observed:
   TIE, the smaller |total error|); both are reported on every customer at E, undiscounted
   like the realised revenue.
 
-When no cutoff has a fully observed window of `ltv.horizon_days` (or none leaves a training
-window before it), the backtest runs at the longest whole-month horizon that can be checked,
-and says so. The kept model is then fitted for the configured horizon with all observed
+When no cutoff has a fully observed window of `ltv.horizon_days` (or none leaves enough
+training windows before it), the backtest runs at the longest whole-month horizon at which
+both candidates can be checked, and says so. The kept model is then fitted for the configured horizon with all observed
 windows: BG/NBD extrapolates by design; LightGBM needs labels at that horizon, without them
 BG/NBD is kept. `purchase_risk_baselines` adds BG/NBD's P(purchase) and P(alive) to the
 risk table.
@@ -172,21 +172,33 @@ def _final(kept: str, frame: pd.DataFrame, features, settings, held_out: pd.Seri
                    f"{model.cutoff_.date()}, for {ltv.horizon_days} days{why}")
 
 
-def _horizon(frame: pd.DataFrame, days: int, observed_until, revenue_over):
-    """(label, days, (E, V)) of the backtest: the configured horizon when it can be
-    checked, else the longest whole-month horizon that can; None when none can."""
+def _horizon(frame: pd.DataFrame, days: int, observed_until, revenue_over,
+             held_out: pd.Series):
+    """(label, days, (E, V)) of the backtest, or None when no horizon can be checked.
+
+    The configured horizon when both candidates can be measured at it, else the longest
+    whole-month horizon at which they can (LightGBM needs MIN_TRAIN_ROWS training rows and
+    MIN_VALIDATION_ROWS validation customers); failing both, the longest horizon at which
+    BG/NBD alone can be checked.
+    """
     cutoffs = sorted(frame["cutoff"].unique())
-    at_configured = backtest_cutoffs(cutoffs, observed_until, days,
-                                     _observed(frame, "revenue_ltv"))
-    if at_configured is not None:
-        return "revenue_ltv", days, at_configured
-    if revenue_over is None or observed_until is None:
-        return None
-    for months in range(max(1, round(days / MONTH_DAYS)) - 1, 0, -1):
-        plan = backtest_cutoffs(cutoffs, observed_until, _days(months))
-        if plan is not None:
-            return BACKTEST_LABEL, _days(months), plan
-    return None
+    plans = []
+    configured = backtest_cutoffs(cutoffs, observed_until, days, _observed(frame, "revenue_ltv"))
+    if configured is not None:
+        plans.append(("revenue_ltv", days, configured))
+    if revenue_over is not None and observed_until is not None:
+        for months in range(max(1, round(days / MONTH_DAYS)) - 1, 0, -1):
+            plan = backtest_cutoffs(cutoffs, observed_until, _days(months))
+            if plan is not None:
+                plans.append((BACKTEST_LABEL, _days(months), plan))
+
+    def both_measurable(plan) -> bool:
+        _, span, (test_cutoff, validation_cutoff) = plan
+        train = (frame["cutoff"] + pd.Timedelta(days=span) <= test_cutoff) & ~held_out
+        validation = (frame["cutoff"] == validation_cutoff) & held_out
+        return train.sum() >= MIN_TRAIN_ROWS and validation.sum() >= MIN_VALIDATION_ROWS
+
+    return next((p for p in plans if both_measurable(p)), plans[0] if plans else None)
 
 
 def choose_ltv(frame: pd.DataFrame, features, survival, settings, *,
@@ -208,7 +220,7 @@ def choose_ltv(frame: pd.DataFrame, features, survival, settings, *,
         return choice
     held_out = pd.Series(customer_hash(frame["customer_id"], settings.training.seed)
                          .to_numpy() < VALIDATION_SHARE, index=frame.index)
-    plan = _horizon(frame, ltv.horizon_days, observed_until, revenue_over)
+    plan = _horizon(frame, ltv.horizon_days, observed_until, revenue_over, held_out)
     if plan is None:
         model, note = _final("bgnbd_gg", frame, features, settings, held_out)
         choice = LtvChoice(model, notes=["LTV not checked: no cutoff leaves a backtest "
@@ -222,26 +234,27 @@ def choose_ltv(frame: pd.DataFrame, features, survival, settings, *,
     test, predictions, validation, tested, notes = _backtest(
         frame, features, settings.training.lightgbm, label, days, cutoffs, held_out,
         settings.training.seed)
-    kept = _better(validation) if validation else "bgnbd_gg"
-    model, served = _final(kept, frame, features, settings, held_out)
-    columns = {"ltv": tested[kept], "bgnbd_gg": tested["bgnbd_gg"],
-               **({} if kept == "lightgbm_ltv" or "lightgbm_ltv" not in tested
+    better = _better(validation) if validation else "bgnbd_gg"
+    model, served = _final(better, frame, features, settings, held_out)
+    # The model column is the served model's backtest; the other candidates beside it.
+    columns = {"ltv": tested[model.name], "bgnbd_gg": tested["bgnbd_gg"],
+               **({} if model.name == "lightgbm_ltv" or "lightgbm_ltv" not in tested
                   else {"lightgbm_ltv": tested["lightgbm_ltv"]})}
     metrics = {f"test.{c}.{k}": float(v) for c, values in columns.items() for k, v in values.items()}
-    notes += _choice_notes(kept, validation, cutoffs, test, days, ltv.horizon_days)
+    notes += _choice_notes(better, validation, cutoffs, test, days, ltv.horizon_days)
     choice = LtvChoice(model, metrics, [*notes, served],
                        {"ltv_actual": test[label].to_numpy(dtype=float),
-                        "ltv_pred": predictions[kept]}, validation)
+                        "ltv_pred": predictions[model.name]}, validation)
     model.backtest_ = choice
     return choice
 
 
-def _choice_notes(kept: str, validation: dict, cutoffs, test: pd.DataFrame, days: int,
+def _choice_notes(better: str, validation: dict, cutoffs, test: pd.DataFrame, days: int,
                   configured: int) -> list[str]:
     test_cutoff, validation_cutoff = cutoffs
     figures = ", ".join(f"{n} {s['spearman']:.4f} (total error {s['total_error_pct']:+.1f}%)"
                         for n, s in validation.items())
-    notes = [f"LTV kept: {kept}; validation Spearman at {validation_cutoff.date()}: {figures} "
+    notes = [f"LTV better: {better}; validation Spearman at {validation_cutoff.date()}: {figures} "
              f"(higher Spearman wins; within {TIE}, the smaller |total error|)",
              f"LTV checked at cutoff {test_cutoff.date()} on all {len(test):,} customers with "
              f"history, undiscounted like the realised revenue, by models fitted only on what "

@@ -187,12 +187,12 @@ def transactions_choice():
     ds = load_source(tables, None, horizon_days=settings.horizon_days,
                      activity=settings.churn.activity)
     ff = build_training_set(ds, settings)
-    return ff, fit_ltv(ff.frame, ff.features, None, settings, ds)
+    return ff, fit_ltv(ff.frame, ff.features, None, settings, ds), ds
 
 
 @pytest.mark.slow
 def test_transactions_keep_the_better_candidate_and_beat_bgnbd(transactions_choice):
-    ff, choice = transactions_choice
+    ff, choice, _ = transactions_choice
     kept = choice.model.name
     scores = choice.validation
     assert set(scores) == {"bgnbd_gg", "lightgbm_ltv"}
@@ -207,4 +207,31 @@ def test_transactions_keep_the_better_candidate_and_beat_bgnbd(transactions_choi
     latest = ff.frame[ff.frame["cutoff"] == ff.frame["cutoff"].max()]
     served = choice.model.predict(latest[[f.name for f in ff.features]])
     assert np.isfinite(served).all() and (served >= 0).all()
-    assert any("LTV kept" in n for n in choice.notes)
+    assert any("LTV better: lightgbm_ltv" in n for n in choice.notes)
+
+
+@pytest.mark.slow
+def test_a_horizon_longer_than_the_data_is_backtested_shorter(transactions_choice):
+    from churnlens.training.ltv_selection import _revenue_from, fit_ltv
+
+    ff, _, ds = transactions_choice
+    settings = Settings(ltv={"horizon_days": 1460})
+    # The backtest labels are the training labels at another horizon.
+    labelled = ff.frame["revenue_ltv"].notna().to_numpy()
+    again = _revenue_from(ds, settings, ff.frame)(365)
+    np.testing.assert_allclose(again[labelled], ff.frame["revenue_ltv"].to_numpy()[labelled])
+    assert np.isnan(again[~labelled]).all()
+    # No 4-year window in 3.5 years of data: as the labels of such a run would be.
+    frame = ff.frame.assign(revenue_ltv=np.nan)
+    choice = fit_ltv(frame, ff.features, None, settings, ds)
+    backtest = next(n for n in choice.notes if n.startswith("LTV backtested at"))
+    days, months = int(backtest.split()[3]), int(backtest.split()[5].strip("("))
+    assert days < 1460 and days == round(months * MONTH_DAYS)  # whole months
+    assert "the served model predicts 1460" in backtest
+    # Both candidates were measured; only BG/NBD can be fitted for 1460 days.
+    assert set(choice.validation) == {"bgnbd_gg", "lightgbm_ltv"}
+    assert choice.model.name == "bgnbd_gg" and choice.model.horizon_days == 1460
+    assert choice.metrics["test.ltv.spearman"] == choice.metrics["test.bgnbd_gg.spearman"]
+    assert "test.lightgbm_ltv.spearman" in choice.metrics
+    short = PurchaseProcess(days).fit(frame).predict(frame.tail(200))
+    assert (choice.model.predict(frame.tail(200)) > short).all()
