@@ -65,11 +65,20 @@ COLUMNS = {
              "calibration scored better): the probability the model serves"),
     "risk_uncalibrated": ("model, uncalibrated", "the same LightGBM before calibration"),
     "survival": ("model", "the survival model kept (see below)"),
-    "ltv": ("model", "survival curve x revenue rate, discounted"),
+    "ltv": ("model", "the LTV model kept (see the notes): survival curve x revenue rate "
+            "with contracts, else the better of the two below; undiscounted here"),
+    "bgnbd_gg": ("BG/NBD + Gamma-Gamma", "expected purchases x expected spend, fitted on "
+                 "the purchase histories before the checked cutoff"),
+    "lightgbm_ltv": ("LightGBM Tweedie", "regression of the realised revenue, trained on "
+                     "the windows that end by the checked cutoff"),
     "logistic": ("logistic", "logistic regression on every feature: numeric ones "
                  "median-imputed and standardised, categories one-hot encoded"),
     "base_rate": ("base rate", "every customer gets the training churn rate"),
     "kaplan_meier": ("Kaplan-Meier", "one population survival curve, no features"),
+    "bgnbd": ("BG/NBD", "1 - P(a purchase within the horizon), BG/NBD fitted on the test "
+              "cutoff's purchase histories (data without contracts)"),
+    "bgnbd_alive": ("BG/NBD P(alive)", "1 - P(still alive), same fit; a customer without "
+                    "a repeat purchase counts as alive"),
     "oracle": ("oracle", "the sample generator's true churn probabilities: the best any "
                "model can do on these data (sample data only)"),
 }

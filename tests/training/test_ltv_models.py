@@ -32,10 +32,12 @@ FEATURES = [Feature("repeat_purchases", "numeric", "revenue", "repeats"),
 PARAMS = LightGBMSettings(n_estimators=200, early_stopping_rounds=20)
 
 
-def purchase_rows(n: int, seed: int, cutoff: str = "2025-01-01") -> pd.DataFrame:
-    """Feature rows of BG/NBD + Gamma-Gamma customers, with their revenue over 365 days."""
+def purchase_rows(n: int, seed: int, cutoff: str = "2025-01-01",
+                  horizon: int = 365) -> pd.DataFrame:
+    """Feature rows of BG/NBD + Gamma-Gamma customers, with their revenue over HORIZON days
+    and whether they bought nothing in it (churned)."""
     ages = np.random.default_rng(seed).uniform(30, 700, n).round()
-    bg = simulate_bgnbd(n, r=0.3, alpha=40.0, a=0.7, b=3.0, T=ages, horizon=365, seed=seed)
+    bg = simulate_bgnbd(n, r=0.3, alpha=40.0, a=0.7, b=3.0, T=ages, horizon=horizon, seed=seed)
     bg["recency"] = bg["recency"].round().clip(upper=bg["T"])
     bg.loc[bg["frequency"] == 0, "recency"] = 0.0
     spend = simulate_gamma_gamma(bg["frequency"], p=4.0, q=3.0, v=50.0, seed=seed)
@@ -49,6 +51,7 @@ def purchase_rows(n: int, seed: int, cutoff: str = "2025-01-01") -> pd.DataFrame
         "order_value_mean": spend["monetary_value"].fillna(spend["mean_spend"]),
         "channel": pd.Categorical(np.where(np.arange(n) % 3 == 0, "ads", "organic")),
         "revenue_ltv": bg["future"] * spend["mean_spend"],
+        "churned": (bg["future"] == 0).astype(float),
     })
 
 
@@ -128,6 +131,29 @@ def test_purchase_model_fits_the_latest_cutoff_only(frames):
     buy = model.p_purchase_within(validation, 90)
     alive = model.p_alive(validation)
     assert ((buy >= 0) & (buy <= alive) & (alive <= 1)).all()
+
+
+def test_bgnbd_risk_baselines_only_for_purchase_models():
+    from churnlens.settings import LtvSettings
+    from churnlens.training.ltv_selection import purchase_risk_baselines
+
+    test = pd.concat([purchase_rows(1500, seed=7, horizon=90),
+                      purchase_rows(1500, seed=8, cutoff="2025-02-01", horizon=90)],
+                     ignore_index=True)
+
+    class Bundle:  # the parts of a ChurnModel the baselines read
+        horizon_days, ltv = 90, LtvSettings()
+        ltv_model = PurchaseProcess()
+
+    got = purchase_risk_baselines(Bundle(), test)
+    assert {k.split(".")[1] for k in got} == {"bgnbd", "bgnbd_alive"}
+    # On its own simulated customers, BG/NBD ranks who buys again well, and P(purchase)
+    # (which knows the horizon) better than P(alive).
+    assert got["test.bgnbd.roc_auc"] > 0.75
+    assert got["test.bgnbd.roc_auc"] > got["test.bgnbd_alive.roc_auc"]
+    assert np.isfinite(got["test.bgnbd_alive.log_loss"])
+    Bundle.ltv_model = SurvivalRevenue(FlatSurvival())
+    assert purchase_risk_baselines(Bundle(), test) == {}
 
 
 def test_survival_x_rate_is_the_revenue_rate_times_the_months(frames):
