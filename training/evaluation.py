@@ -15,6 +15,7 @@ import pandas as pd
 from churnlens.training import metrics as m
 from churnlens.training.bundle import ChurnModel
 from churnlens.training.ltv_selection import ltv_evaluation, purchase_risk_baselines
+from churnlens.training.survival_support import horizon_metrics
 
 SURVIVAL_GRID = np.array([30, 60, 90, 120, 150, 180, 240, 300, 365], dtype=float)
 
@@ -74,6 +75,8 @@ def evaluate_survival(model: ChurnModel, survival_train: pd.DataFrame, test: pd.
     km_surv = np.tile(km(SURVIVAL_GRID), (len(d), 1))
     ev.metrics.update(_prefixed(
         "kaplan_meier", m.survival_metrics(d, e, km_surv, SURVIVAL_GRID, np.zeros(len(d)))))
+    ev.metrics.update(horizon_metrics(model.survival, test, km))
+    ev.notes.extend(model.survival.extrapolation_notes(model.ltv.horizon_days))
 
 
 def evaluate_ltv(model: ChurnModel, frame: pd.DataFrame, ev: Evaluation) -> None:

@@ -104,14 +104,17 @@ def _fit_survival(ff: FeatureFrame, split: Split, seed: int, stages: Stages | No
     survival = SurvivalModel(ff.features, seed=seed)
     if stages is None:
         return survival.fit(split.survival_train, split.validation)
-    with candidates_bar(survival.candidates) as (tick, advance):
+    with candidates_bar(survival.candidates_for(split.survival_train)) as (tick, advance):
         def report(name: str, scores: dict) -> None:
             advance(name, scores)
             stages.line(f"survival {name}", f"validation IBS {scores['ibs']:.4f}, "
                         f"concordance {scores['concordance']:.4f}", scores["seconds"])
         survival.fit(split.survival_train, split.validation, callbacks=[tick],
                      on_candidate=report)
-    stages.line("survival model", f"{survival.chosen_} kept (lowest validation IBS)")
+    stages.line("survival model", f"{survival.chosen_} kept (lowest validation IBS), time axis: "
+                f"{survival.support()['time_axis']}")
+    for note in survival.extrapolation_notes():
+        stages.log(f"  note: {note}")
     return survival
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from churnlens.training.summary import calibration_line, survival_line
+from churnlens.training.survival_support import horizon_table
 
 PLOT_TITLES = {
     "calibration": "Calibration",
@@ -148,6 +149,7 @@ def render(title: str, metrics: dict[str, float], notes: list[str],
     grouped = _grouped(metrics)
     choices = {"Risk": calibration_line(facts), "Survival": survival_line(facts)}
     tables = "".join(_task_table(task, cols, choices.get(task.split(":")[0], ""))
+                     + (horizon_table(metrics) if task.startswith("Survival") else "")
                      for task, cols in grouped.items())
     figures = []
     for name, png in images.items():
@@ -163,6 +165,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px
 table {{ border-collapse: collapse; margin: 0.5rem 0 1rem; }}
 th, td {{ border: 1px solid #ddd; padding: 4px 10px; text-align: right; }}
 th:first-child, .meaning {{ text-align: left; }}
+tr.extrapolated td {{ color: #a33; }}
 td.meaning {{ color: #555; font-size: 0.85rem; max-width: 420px; }}
 .subtitle, .legend {{ color: #555; }}
 figure {{ display: inline-block; margin: 1rem; vertical-align: top; }}

@@ -37,6 +37,21 @@ def _days(value: float) -> str:
     return f"{value:,.0f} days"
 
 
+def _listing(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _share(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.01 else "under 1%"
+
+
+def _figures(horizons: list[dict]) -> str:
+    """'P(90 days) extrapolates', 'P(90 days) and P(180 days) extrapolate'."""
+    names = _listing([f"P({h['days']} days)" for h in horizons])
+    return f"{names} extrapolate{'s' if len(horizons) == 1 else ''}"
+
+
 def support_summary(time_axis: str, follow_up: float, supported: float,
                     supported_tenure: float | None, shares: dict[int, float]) -> dict:
     """The model's reach as plain data (for /model_info): the time axis, the follow-up,
@@ -72,32 +87,41 @@ def extrapolation_notes(summary: dict, remaining_share: float, cap_days: float,
         limit = f"the tenures the data see (up to {_days(summary['supported_tenure_days'])})"
     else:
         limit = f"the {_days(summary['supported_follow_up_days'])} of follow-up"
-    for h in beyond:
-        share = h["extrapolated_share"]
-        whom = "" if share >= 1 else f" for {share:.0%} of the training rows"
-        why = f"it reaches beyond {limit}" if summary["time_axis"] == "tenure" else follow
-        notes.append(f"P({h['days']} days) extrapolates{whom}: {why}")
+    every = [h for h in beyond if h["extrapolated_share"] >= 1]
+    some = [h for h in beyond if h["extrapolated_share"] < 1]
+    if every:
+        why = f"beyond {limit}" if summary["time_axis"] == "tenure" else follow
+        notes.append(f"{_figures(every)}: {why}")
+    if some:
+        shares = _listing([_share(h["extrapolated_share"]) for h in some])
+        notes.append(f"{_figures(some)} for {shares} of the training rows: beyond {limit}")
     if remaining_share > 0:
         notes.append(f"expected remaining lifetime (area under S up to {_days(cap_days)}) "
                      f"extrapolates beyond {limit} for {remaining_share:.0%} of the training rows")
     if ltv_share and ltv_horizon_days:
-        notes.append(f"LTV over {_days(ltv_horizon_days)}: its later months extrapolate "
-                     f"beyond {limit} for {ltv_share:.0%} of the training rows")
+        notes.append(f"LTV from the survival curve over {_days(ltv_horizon_days)} (survival x "
+                     f"revenue rate): its later months extrapolate beyond {limit} for "
+                     f"{ltv_share:.0%} of the training rows")
     return notes
 
 
-def horizon_metrics(mean_survival: np.ndarray, kaplan_meier: np.ndarray, shares: np.ndarray,
-                    follow_up: float) -> dict[str, float]:
-    """Metrics (`survival.horizon_<d>.*`, `survival.follow_up_days`) for the report's table
-    of horizons: the mean predicted P(still a customer) on the test rows, the training
-    Kaplan-Meier inside the follow-up (NaN beyond) and the share of test rows beyond the
-    support. All arrays follow HORIZONS."""
-    out = {"survival.follow_up_days": float(follow_up)}
+def horizon_metrics(model, rows, kaplan_meier) -> dict[str, float]:
+    """Metrics for the report's table of horizons (`horizon_table`), from a fitted
+    `churnlens.training.survival.SurvivalModel` on ROWS (the test slice): per horizon the
+    mean predicted P(still a customer), the training Kaplan-Meier (a function days -> S,
+    `metrics.kaplan_meier_baseline`; NaN beyond the follow-up) and the share of ROWS whose
+    figure lies beyond the model's support; and the follow-up. Keys `survival.horizon_<d>.*`
+    and `survival.follow_up_days` (outside the `test.<column>.<metric>` tables)."""
+    days = np.array(HORIZONS, dtype=float)
+    mean = model.survival_function(rows, days).mean(axis=0)
+    km = np.asarray(kaplan_meier(days), dtype=float)
+    support = model.supported_days(rows)
+    out = {"survival.follow_up_days": float(model.follow_up_days_)}
     for j, h in enumerate(HORIZONS):
-        out[f"survival.horizon_{h}.mean_prediction"] = float(mean_survival[j])
-        out[f"survival.horizon_{h}.kaplan_meier"] = (float(kaplan_meier[j]) if h <= follow_up
+        out[f"survival.horizon_{h}.mean_prediction"] = float(mean[j])
+        out[f"survival.horizon_{h}.kaplan_meier"] = (float(km[j]) if h <= model.follow_up_days_
                                                      else float("nan"))
-        out[f"survival.horizon_{h}.extrapolated_share"] = float(shares[j])
+        out[f"survival.horizon_{h}.extrapolated_share"] = float(np.mean(support < h))
     return out
 
 
@@ -115,7 +139,7 @@ def horizon_table(metrics: dict[str, float]) -> str:
         share = metrics.get(f"survival.horizon_{h}.extrapolated_share", 0.0)
         mark = ("no" if share == 0 else "yes" if share >= 1
                 else f"for {share:.0%} of the test rows")
-        cls = ' class="extrapolated"' if share > 0 else ""
+        cls = ' class="extrapolated"' if share > 0.5 else ""
         rows.append(f"<tr{cls}><th>{h} days</th><td>{value('mean_prediction')}</td>"
                     f"<td>{value('kaplan_meier')}</td><td>{html.escape(mark)}</td></tr>")
     return ("<table><tr><th>P(still a customer) at</th><th>model, mean on test</th>"

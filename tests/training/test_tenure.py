@@ -6,6 +6,7 @@ tier and P(365 days) against a year of the same generator."""
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,11 +17,14 @@ from hypothesis import strategies as st
 from churnlens.features.queries import Feature
 from churnlens.features.sample import snapshot
 from churnlens.training import tenure
+from churnlens.training.metrics import kaplan_meier_baseline
+from churnlens.training.report import render
 from churnlens.training.survival import (
     CUTOFF_CANDIDATES,
     TENURE_CANDIDATES,
     SurvivalModel,
 )
+from churnlens.training.survival_support import horizon_metrics
 
 SHAPE, B0, B1 = 1.3, 6.0, 0.5  # Weibull AFT on tenure: log scale = B0 + B1 x
 WINDOW = 31.0
@@ -88,17 +92,24 @@ def test_discrete_hazard_on_tenure_follows_the_curve_and_its_order(on_tenure, wi
     assert (np.diff(fitted[:, -1]) > 0).all()  # larger x, longer lives
 
 
-def test_a_cutoff_model_on_the_short_window_flags_every_horizon_beyond_it(window, on_tenure):
-    cutoff = _fit(window, "weibull_aft")
+@pytest.fixture(scope="module")
+def cutoff(window):
+    return _fit(window, "weibull_aft")
+
+
+def test_a_cutoff_model_on_the_short_window_flags_every_horizon_beyond_it(cutoff, window,
+                                                                          on_tenure):
     assert cutoff.follow_up_days_ == cutoff.supported_follow_up_days_ == WINDOW
     assert cutoff.extrapolated_share_ == {30: 0.0, 90: 1.0, 180: 1.0, 365: 1.0}
     info = cutoff.support()
     assert info["time_axis"] == "cutoff" and info["supported_tenure_days"] is None
     assert [h["extrapolates"] for h in info["horizons"]] == [False, True, True, True]
     notes = cutoff.extrapolation_notes(ltv_horizon_days=365)
-    assert "P(365 days) extrapolates: the longest follow-up is 31 days" in notes[-3]
-    assert not any(n.startswith("P(30 days)") for n in notes)
-    assert "LTV over 365 days" in notes[-1] and "100% of the training rows" in notes[-1]
+    assert notes[0].startswith("P(90 days), P(180 days) and P(365 days) extrapolate: the "
+                               "longest follow-up is 31 days")
+    assert len(notes) == 3 and "P(30 days)" not in " ".join(notes)
+    assert "LTV from the survival curve over 365 days" in notes[-1]
+    assert "100% of the training rows" in notes[-1]
     # On tenure only the rows whose tenure + horizon passes the tenures seen are beyond.
     model = on_tenure["weibull_tenure"]
     reach = model.support()["supported_tenure_days"]
@@ -108,7 +119,10 @@ def test_a_cutoff_model_on_the_short_window_flags_every_horizon_beyond_it(window
     assert share == pytest.approx(np.mean(train + 365 > reach), abs=1e-3) and 0 < share < 0.5
     np.testing.assert_allclose(model.supported_days(GRID), np.maximum(reach - GRID.tenure_days, 0),
                                rtol=1e-6)
-    assert model.extrapolation_notes()[0].startswith("survival on tenure: the longest follow-up")
+    first, horizons, *_ = model.extrapolation_notes()
+    assert first.startswith("survival on tenure: the longest follow-up is 31 days")
+    assert horizons.startswith("P(30 days), P(90 days), P(180 days) and P(365 days) extrapolate "
+                               "for under 1%, ")
 
 
 @settings(max_examples=25, deadline=None)
@@ -220,3 +234,21 @@ def test_snapshot_p365_is_close_to_a_year_of_the_same_process(snapshot_fit):
     assert errors.iloc[:, 0].max() <= 0.15
     assert errors.iloc[:, 0].mean() < errors.iloc[:, 1].mean()
     assert old.extrapolated_share_[365] == 1.0 and model.extrapolated_share_[365] < 0.1
+
+
+def test_the_report_marks_the_horizons_beyond_the_follow_up(cutoff, window):
+    train, test = window
+    km = kaplan_meier_baseline(train["duration_days"], train["event"])
+    metrics = horizon_metrics(cutoff, test, km)
+    assert metrics["survival.follow_up_days"] == WINDOW
+    assert [metrics[f"survival.horizon_{h}.extrapolated_share"] for h in (30, 90, 180, 365)] == [
+        0.0, 1.0, 1.0, 1.0]
+    assert metrics["survival.horizon_30.kaplan_meier"] == pytest.approx(km([30.0])[0])
+    assert np.isnan(metrics["survival.horizon_90.kaplan_meier"])  # beyond the follow-up
+    page = render("t", {"test.survival.concordance": 0.7, **metrics}, [], {})
+    rows = re.findall(r'<tr( class="extrapolated")?><th>(\d+) days</th><td>([^<]*)</td>'
+                      r"<td>([^<]*)</td><td>([^<]*)</td>", page)
+    assert [(h, bool(marked), flag) for marked, h, _, _, flag in rows] == [
+        ("30", False, "no"), ("90", True, "yes"), ("180", True, "yes"), ("365", True, "yes")]
+    assert rows[0][3] and not rows[1][3]  # Kaplan-Meier only inside the follow-up
+    assert "longest follow-up in training is 31 days" in page
