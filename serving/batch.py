@@ -191,7 +191,7 @@ def _open_parts(job: BatchJob, manifest: dict, log: Log) -> Path:
 
 
 def _score_chunks(engine: Engine, chunks: list[Chunk], parts: Path, reference: dict,
-                  progress: bool) -> int:
+                  progress: bool, ltv_horizon_days: int = 365) -> int:
     """Score every chunk whose part is missing; return how many were already done."""
     from tqdm import tqdm
 
@@ -208,7 +208,7 @@ def _score_chunks(engine: Engine, chunks: list[Chunk], parts: Path, reference: d
                                  f"{chunk.count} customers; the spine and features disagree")
             # Stats first, part last: a part that exists always has its stats beside it.
             _write_json(parts / f"{chunk.part}.stats.json",
-                        chunk_stats(features, records, reference))
+                        chunk_stats(features, records, reference, ltv_horizon_days))
             tmp = parts / f"{chunk.part}.parquet.tmp"
             pq.write_table(records, tmp)
             tmp.replace(parts / f"{chunk.part}.parquet")
@@ -295,7 +295,8 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
         parts = _open_parts(job, manifest, log)
         engine = _open_engine(job, ds, settings, model, spine, spark)
         try:
-            resumed = _score_chunks(engine, chunks, parts, model.reference, progress)
+            resumed = _score_chunks(engine, chunks, parts, model.reference, progress,
+                                    model.ltv.horizon_days)
         finally:
             engine.close()
     finally:

@@ -18,17 +18,39 @@ TOP_ACCOUNTS = 10
 _EPS = 1e-4  # share floor in PSI: an empty bin would otherwise give an infinite term
 
 
-def chunk_stats(features: pd.DataFrame, records: pa.Table, reference: dict) -> dict:
+def annual_revenue(features: pd.DataFrame, records: pa.Table, ltv_horizon_days: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Each record's annual revenue, and whether it was read from MRR.
+
+    MRR x 12 where the customer has MRR; else the record's expected revenue over the LTV
+    horizon (`expected_ltv`), annualised by 365 / LTV_HORIZON_DAYS when the horizon is not a
+    year; 0 where neither is known. features: rows with customer_id (and mrr when the source
+    has subscriptions), keyed like RECORDS.
+    """
+    ids = records.column("customer_id").to_pylist()
+    if "mrr" in features.columns:
+        mrr = features.set_index("customer_id")["mrr"].astype(float).reindex(ids).to_numpy()
+    else:
+        mrr = np.full(len(ids), np.nan)
+    by_mrr = ~np.isnan(mrr)
+    expected = records.column("expected_ltv").to_numpy(zero_copy_only=False).astype(float)
+    yearly = expected * (365.0 / ltv_horizon_days)
+    value = np.where(by_mrr, mrr * 12, np.nan_to_num(yearly, nan=0.0))
+    return value, by_mrr
+
+
+def chunk_stats(features: pd.DataFrame, records: pa.Table, reference: dict,
+                ltv_horizon_days: int = 365) -> dict:
     """What the summary and drift check need from one chunk (merged by `merge_stats`).
 
-    features: the chunk's feature rows (with customer_id and mrr); records: its scores.
-    Revenue at risk of a customer = churn probability x MRR x 12 (annual recurring revenue
-    expected to leave within the horizon).
+    features: the chunk's feature rows (customer_id, the features, mrr where the source has
+    it); records: its scores; ltv_horizon_days: the model's LTV horizon. Revenue at risk of a
+    customer = churn probability x annual revenue (`annual_revenue`: MRR x 12, else the
+    expected revenue over the LTV horizon, annualised), the revenue expected to leave.
     """
     scores = records.select(["customer_id", "churn_probability", "risk_tier"]).to_pandas()
-    mrr = features.set_index("customer_id")["mrr"].astype(float)
-    scores["arr"] = mrr.reindex(scores["customer_id"]).fillna(0.0).to_numpy() * 12
-    scores["at_risk"] = scores["churn_probability"] * scores["arr"]
+    scores["annual_revenue"], by_mrr = annual_revenue(features, records, ltv_horizon_days)
+    scores["at_risk"] = scores["churn_probability"] * scores["annual_revenue"]
     tiers = scores.groupby("risk_tier")[["at_risk"]].agg(["size", "sum"])["at_risk"]
     drivers = records.column("drivers").to_pylist()
     scores["driver"] = [f"{d[0]['name']}: {d[0]['text']}" if d else "-" for d in drivers]
@@ -45,17 +67,23 @@ def chunk_stats(features: pd.DataFrame, records: pa.Table, reference: dict) -> d
         "customers": len(scores),
         "tiers": {t: {"customers": int(r["size"]), "revenue_at_risk": float(r["sum"])}
                   for t, r in tiers.iterrows()},
+        "valued_by": {"mrr": int(by_mrr.sum()), "expected_revenue": int((~by_mrr).sum())},
+        "ltv_horizon_days": ltv_horizon_days,
         "top": top.head(TOP_ACCOUNTS)[["customer_id", "churn_probability", "risk_tier",
-                                       "arr", "driver"]].to_dict("records"),
+                                       "annual_revenue", "driver"]].to_dict("records"),
         "histograms": hist,
     }
 
 
 def merge_stats(parts: list[dict]) -> dict:
     """Chunk stats added up into the job's stats (same shape as one chunk's)."""
-    out: dict = {"customers": 0, "tiers": {}, "top": [], "histograms": {}}
+    out: dict = {"customers": 0, "tiers": {}, "top": [], "histograms": {},
+                 "valued_by": {"mrr": 0, "expected_revenue": 0}}
     for s in parts:
         out["customers"] += s["customers"]
+        for basis, n in s.get("valued_by", {}).items():
+            out["valued_by"][basis] += n
+        out["ltv_horizon_days"] = s.get("ltv_horizon_days", 365)
         for t, r in s["tiers"].items():
             acc = out["tiers"].setdefault(t, {"customers": 0, "revenue_at_risk": 0.0})
             acc["customers"] += r["customers"]
@@ -160,17 +188,31 @@ def drift_warning(drift: dict) -> str | None:
     return f"PSI over {drift['psi_threshold']} against the training reference: {named}"
 
 
+def revenue_basis(stats: dict) -> str:
+    """What 'revenue at risk' multiplies the churn probability by, for STATS' customers."""
+    valued = stats.get("valued_by", {})
+    by_mrr, expected = valued.get("mrr", 0), valued.get("expected_revenue", 0)
+    horizon = stats.get("ltv_horizon_days", 365)
+    ltv = (f"expected revenue over the {horizon}-day LTV horizon"
+           + ("" if horizon == 365 else f", annualised (x 365/{horizon})"))
+    if not expected:
+        return "churn probability x MRR x 12"
+    if not by_mrr:
+        return f"churn probability x {ltv}"
+    return (f"churn probability x MRR x 12 ({by_mrr:,} customers), else x {ltv} "
+            f"({expected:,} without MRR)")
+
+
 def summary_lines(stats: dict, currency: str) -> list[str]:
     """Customers and revenue at risk per tier, and the top accounts with their main driver."""
-    lines = [f"{'tier':<9} {'customers':>10} {'revenue at risk':>18}"]
+    lines = [f"revenue at risk = {revenue_basis(stats)}, summed over the tier",
+             f"{'tier':<9} {'customers':>10} {'revenue at risk':>18}"]
     for tier in ("critical", "high", "medium", "low"):
         r = stats["tiers"].get(tier, {"customers": 0, "revenue_at_risk": 0.0})
         lines.append(f"{tier:<9} {r['customers']:>10,} {r['revenue_at_risk']:>14,.0f} {currency}")
-    lines.append("revenue at risk = churn probability x MRR x 12, summed over the tier")
-    lines.append(f"top {TOP_ACCOUNTS} accounts at risk:")
+    lines.append(f"top {TOP_ACCOUNTS} accounts at risk (annual revenue as above):")
     for a in stats["top"]:
         lines.append(f"  {a['customer_id']:<12} p={a['churn_probability']:.3f} "
-                     f"{a['risk_tier']:<8} ARR {a['arr']:>10,.0f}  {a['driver']}")
+                     f"{a['risk_tier']:<8} {a['annual_revenue']:>10,.0f} {currency}  "
+                     f"{a['driver']}")
     return lines
-
-
