@@ -85,6 +85,10 @@ class FeatureSettings(_Frozen):
     value_event: str = "report_created"
     onboarding_days: int = Field(90, ge=1)
     renewal_window_days: int = Field(60, ge=1)
+    # Event types with features of their own: the most frequent ones, at most this many,
+    # each holding at least this share of all events (chosen at training time).
+    event_types_max: int = Field(10, ge=0, le=64)
+    event_types_min_share: float = Field(0.02, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check_windows(self) -> FeatureSettings:
@@ -140,7 +144,8 @@ class TierSettings(_Frozen):
         return "low"
 
 
-DRIVER_GROUPS = ("onboarding", "usage", "support", "billing", "sentiment", "contract", "account")
+DRIVER_GROUPS = ("onboarding", "usage", "support", "billing", "sentiment", "contract", "account",
+                 "revenue")
 
 
 class DriverSettings(_Frozen):
@@ -155,6 +160,7 @@ class PlaybookSettings(_Frozen):
     sentiment: str = "Engage an executive sponsor to address satisfaction"
     contract: str = "Prepare the renewal with a value summary"
     account: str = "Review the account plan with the account owner"
+    revenue: str = "Reach out with an offer that fits what they used to buy"
 
 
 class MlflowSettings(_Frozen):

@@ -7,11 +7,13 @@ relations to each other: cutoffs -> spine -> (daily rollup, labels) -> feature f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import duckdb
 import pandas as pd
 
+from churnlens.features.catalog import event_types_of, plan_for_source
 from churnlens.features.cutoffs import training_cutoffs
 from churnlens.features.labels import LABEL_COLUMNS, build_labels
 from churnlens.features.loading import DataSet
@@ -34,12 +36,14 @@ class FeatureFrame:
     """Rows keyed by (customer_id, cutoff) with feature columns (and labels for training).
 
     notes: what the build decided that a reader must know (the churn definition in use,
-    cutoffs left out and why), one line each, for the caller to print or log.
+    cutoffs left out and why, features left out and why), one line each, for the caller to
+    print or log; left_out: the (feature, reason) pairs of features the source cannot give.
     """
 
     frame: pd.DataFrame
     features: list[Feature]
     notes: list[str] = field(default_factory=list)
+    left_out: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def feature_names(self) -> list[str]:
@@ -47,30 +51,38 @@ class FeatureFrame:
 
 
 def build_events_daily(con: duckdb.DuckDBPyConnection, fs: FeatureSettings,
-                       sources: Sources = LOADED) -> duckdb.DuckDBPyRelation:
+                       sources: Sources = LOADED,
+                       event_types: Sequence[str] = ()) -> duckdb.DuckDBPyRelation:
     """The events of SOURCES rolled up per customer and day (`events_daily_sql`), computed once.
 
-    The relation reads a temporary table (`relations.drop` removes it).
+    event_types: the types counted one by one (`churnlens.features.catalog.event_types_of`
+    the features that will read the rollup). The relation reads a temporary table
+    (`relations.drop` removes it).
     """
-    return materialise(con, events_daily_sql(fs, sources.events), "events_daily")
+    return materialise(con, events_daily_sql(fs, sources.events, event_types), "events_daily")
 
 
 def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelation,
                      fs: FeatureSettings, attributes: dict[str, str], *,
                      sources: Sources = LOADED, daily: duckdb.DuckDBPyRelation | None = None,
-                     labels: duckdb.DuckDBPyRelation | None = None) -> pd.DataFrame:
+                     labels: duckdb.DuckDBPyRelation | None = None,
+                     features: Sequence[Feature] | None = None) -> pd.DataFrame:
     """Features for every row of SPINE (customer_id, cutoff), as a pandas frame.
 
-    sources: where the contract tables are; attributes: static customer columns (name ->
-    "str" | "float"); daily: the rollup of `build_events_daily` over the same customers,
+    features: the columns to build (`churnlens.features.catalog.plan_for_source`, or a
+    trained model's list); None: every built-in feature plus ATTRIBUTES (static customer
+    columns, name -> "str" | "float"). sources: where the contract tables are; daily: the
+    rollup of `build_events_daily` over the same customers with the event types of FEATURES,
     built here (and dropped afterwards) when None; labels: a relation from
     `churnlens.features.labels.build_labels`, joined in DuckDB so that only one frame is ever
     materialised in pandas. Returns rows sorted by customer_id then cutoff: customer_id (str),
-    cutoff, the features of `feature_list` (numeric ones float64) and LABEL_COLUMNS if given.
+    cutoff, FEATURES (numeric ones float64) and LABEL_COLUMNS if given.
     """
-    own_daily = build_events_daily(con, fs, sources) if daily is None else None
+    features = feature_list(fs, attributes) if features is None else features
+    own_daily = (build_events_daily(con, fs, sources, event_types_of(features))
+                 if daily is None else None)
     try:
-        sql = feature_sql(fs, attributes, spine=from_item(spine),
+        sql = feature_sql(fs, features, spine=from_item(spine),
                           daily=from_item(daily if daily is not None else own_daily),
                           sources=sources)
         if labels is not None:
@@ -88,7 +100,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     frame["customer_id"] = frame["customer_id"].astype(str)
     # Sorted here, not in SQL: an ORDER BY would make DuckDB hold the whole result.
     frame = frame.sort_values(["customer_id", "cutoff"], ignore_index=True)
-    for feature in feature_list(fs, attributes):
+    for feature in features:
         if feature.kind == "numeric":
             frame[feature.name] = frame[feature.name].astype("float64")
     return frame
@@ -108,6 +120,7 @@ def build_training_set(ds: DataSet, settings: Settings) -> FeatureFrame:
     churn = resolve_churn(settings.churn, ds)
     dates, notes = training_cutoffs(ds, settings, churn)
     notes = [*churn_notes(settings.churn, churn, ds, settings.horizon_days), *notes]
+    plan = plan_for_source(ds, settings.features)
     spine = build_spine(con, cutoff_relation(con, dates), churn)
     labels = None
     try:
@@ -118,10 +131,11 @@ def build_training_set(ds: DataSet, settings: Settings) -> FeatureFrame:
                               churn=churn, horizon_days=settings.horizon_days,
                               ltv_horizon_days=settings.ltv.horizon_days,
                               observed_until=ds.observed_until)
-        frame = compute_features(con, spine, settings.features, ds.attributes, labels=labels)
+        frame = compute_features(con, spine, settings.features, ds.attributes, labels=labels,
+                                 features=plan.features)
     finally:
         drop(con, spine, labels)
-    return FeatureFrame(frame, feature_list(settings.features, ds.attributes), notes)
+    return FeatureFrame(frame, plan.features, [*notes, *plan.lines()], plan.left_out)
 
 
 def churn_notes(asked: ChurnSettings, churn: ChurnSettings, ds: DataSet,
@@ -139,11 +153,14 @@ def churn_notes(asked: ChurnSettings, churn: ChurnSettings, ds: DataSet,
     return [f"churn ({churn.definition}, {how}): {what}"]
 
 
-def build_snapshot(ds: DataSet, as_of: str | pd.Timestamp, settings: Settings) -> FeatureFrame:
+def build_snapshot(ds: DataSet, as_of: str | pd.Timestamp, settings: Settings,
+                   features: Sequence[Feature] | None = None) -> FeatureFrame:
     """Features of every customer at AS_OF (one cutoff), for scoring: with contracts those
     with an active subscription, without them every customer with any activity before it.
 
-    Raises ValueError when AS_OF is not a date or lies after the end of the observed data.
+    features: the columns to build, e.g. a trained model's (None: those the source can give,
+    `churnlens.features.catalog.plan_for_source`). Raises ValueError when AS_OF is not a
+    date or lies after the end of the observed data.
     """
     try:
         as_of = pd.Timestamp(as_of).tz_localize(None).normalize()
@@ -154,13 +171,17 @@ def build_snapshot(ds: DataSet, as_of: str | pd.Timestamp, settings: Settings) -
             f"as-of date {as_of.date()} is after the end of the data "
             f"({ds.observed_until.date()}): features would miss records; pick an earlier date"
         )
+    plan = plan_for_source(ds, settings.features) if features is None else None
+    features = plan.features if plan is not None else list(features)
     spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]),
                         resolve_churn(settings.churn, ds))
     try:
-        frame = compute_features(ds.con, spine, settings.features, ds.attributes)
+        frame = compute_features(ds.con, spine, settings.features, ds.attributes,
+                                 features=features)
     finally:
         drop(ds.con, spine)
-    return FeatureFrame(frame, feature_list(settings.features, ds.attributes))
+    return FeatureFrame(frame, features, plan.lines() if plan else [],
+                        plan.left_out if plan else [])
 
 
 def customer_lifetimes(ds: DataSet, settings: Settings) -> pd.DataFrame:

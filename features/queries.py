@@ -1,150 +1,40 @@
 """Feature queries: SQL over the contract tables, one row per spine (customer, cutoff).
 
-The before-cutoff rule lives in one function, `visible`: every feature reads a table only
-through it, so a record at or after a cutoff can never change that cutoff's features.
-Columns that become known later than their row (a subscription's end, a ticket's close and
-csat) are masked to NULL unless they happened before the cutoff. Every builder takes the
-names it reads (`churnlens.features.relations.Sources` for the contract tables, the spine,
-the daily event rollup) and picks columns by name. The SQL is plain enough for DuckDB and
-Spark SQL alike; `feature_list` describes each output column for the models.
+`feature_sql` builds exactly the features it is given (a `Feature` list from
+`churnlens.features.catalog.feature_plan`, or the one a trained model carries), reading
+only the tables those features need. Every part reads its table through the before-cutoff
+rule of `churnlens.features.known`. Every builder takes the names it reads
+(`churnlens.features.relations.Sources` for the contract tables, the spine, the daily event
+rollup) and picks columns by name. The SQL is plain enough for DuckDB and Spark SQL alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from churnlens.features.contract import TABLES
+from churnlens.features.catalog import Feature, event_types_of, feature_list, feature_plan
+from churnlens.features.event_queries import (
+    events_daily_sql,
+    first_value_sql,
+    recency_sql,
+    usage_sql,
+)
+from churnlens.features.known import days_between, visible
+from churnlens.features.purchase_queries import payment_sql, purchase_history_sql
 from churnlens.features.relations import LOADED, Sources
 from churnlens.settings import FeatureSettings
 
-# column -> the column whose time must be before the cutoff for it to be known
-_LATER_KNOWN = {
-    "subscriptions": {"ended_at": "ended_at"},
-    "tickets": {"closed_at": "closed_at", "csat": "closed_at"},
-}
-
-
-# Events rolled up per customer and UTC day (see `events_daily_sql`); exact because cutoffs
-# are always midnights, so a whole day is either before a cutoff or not.
-_DAILY_COLUMNS = ("customer_id", "occurred_at", "quantity", "type_mask", "value_quantity")
+# Re-exported: the names the feature steps, serving and the tests import from here.
+__all__ = ["Feature", "events_daily_sql", "feature_list", "feature_plan", "feature_sql",
+           "visible"]
 
 # Counts that are 0, not NULL, for a customer without rows in their table.
-_PAYMENT_COUNTS = ("failed_payments_90d", "failed_payments_30d", "paid_amount_90d",
-                   "refunds_90d")
-_TICKET_COUNTS = ("tickets_opened_90d", "tickets_high_90d", "tickets_open", "tickets_high_open")
-
-
-def visible(table: str, source: str, *, spine: str | None = None, cutoffs: str | None = None,
-            window_days: int | None = None) -> str:
-    """SQL for the rows of TABLE known before each cutoff, with a `cutoff` column.
-
-    table: a contract table name, or "events_daily" (`events_daily_sql`), for its columns
-    and time column; source: where to read it (a name or a parenthesised query).
-    window_days None: all history, each row once per SPINE row (customer_id, cutoff) of its
-    customer with a later cutoff. window_days N: rows recorded in [cutoff - N, cutoff), once
-    per row of CUTOFFS (one column `cutoff`, each cutoff once): a range join on a small side.
-    Raises ValueError when the spine (all history) or the cutoffs (a window) are not given.
-    """
-    if table == "events_daily":
-        time_column, names = "occurred_at", _DAILY_COLUMNS
-    else:
-        time_column, names = TABLES[table].time_column, [c.name for c in TABLES[table].columns]
-    keys = spine if window_days is None else cutoffs
-    if keys is None:
-        needed = "spine" if window_days is None else "cutoffs"
-        raise ValueError(f"visible({table!r}): give {needed}= to read "
-                         f"{'all history' if window_days is None else 'a window'}")
-    columns = []
-    for name in names:
-        known_by = _LATER_KNOWN.get(table, {}).get(name)
-        if known_by:
-            columns.append(f"CASE WHEN record.{known_by} < known_at.cutoff "
-                           f"THEN record.{name} END AS {name}")
-        else:
-            columns.append(f"record.{name}")
-    before = f"record.{time_column} < known_at.cutoff"
-    if window_days is None:
-        on = f"record.customer_id = known_at.customer_id AND {before}"
-    else:
-        since = f"known_at.cutoff - INTERVAL {int(window_days)} DAY"
-        on = f"{before} AND record.{time_column} >= {since}"
-    return (f"SELECT known_at.cutoff, {', '.join(columns)} "
-            f"FROM {source} AS record JOIN {keys} AS known_at ON {on}")
-
-
-def _days(start: str, end: str) -> str:
-    """Whole-and-fractional days from timestamp START to timestamp END."""
-    return f"(date_diff('second', {start}, {end}) / 86400.0)"
-
-
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def events_daily_sql(fs: FeatureSettings, events: str) -> str:
-    """Events of EVENTS per customer and day: total quantity, a bit per event type, value events.
-
-    Event types beyond 64 share bits (their index modulo 64), so breadth is then a floor.
-    """
-    return f"""
-        WITH type_bits AS (
-            SELECT event, row_number() OVER (ORDER BY event) - 1 AS type_index
-            FROM (SELECT DISTINCT event FROM {events}) AS event_types),
-        typed AS (
-            SELECT occurrence.customer_id, occurrence.event, occurrence.quantity,
-                   CAST(CAST(occurrence.occurred_at AS DATE) AS TIMESTAMP) AS day,
-                   CAST(type_bits.type_index % 64 AS UBIGINT) AS bit
-            FROM {events} AS occurrence JOIN type_bits ON type_bits.event = occurrence.event)
-        SELECT customer_id, day AS occurred_at, sum(quantity) AS quantity,
-               bit_or(CAST(1 AS UBIGINT) << bit) AS type_mask,
-               sum(quantity) FILTER (WHERE event = '{_quote(fs.value_event)}') AS value_quantity
-        FROM typed GROUP BY customer_id, day
-    """
-
-
-def _usage_sql(fs: FeatureSettings, daily: str, cutoffs: str) -> str:
-    span = max(fs.max_window, 60)
-    parts = []
-    for w in fs.windows:
-        in_window = f"occurred_at >= cutoff - INTERVAL {w} DAY"
-        parts.append(f"sum(quantity) FILTER (WHERE {in_window}) AS events_{w}d")
-        parts.append(f"count(*) FILTER (WHERE {in_window}) AS active_days_{w}d")
-    prev = "occurred_at < cutoff - INTERVAL 30 DAY AND occurred_at >= cutoff - INTERVAL 60 DAY"
-    parts += [
-        f"sum(quantity) FILTER (WHERE {prev}) AS events_prev_30d",
-        f"count(*) FILTER (WHERE {prev}) AS active_days_prev_30d",
-        "bit_count(bit_or(type_mask) FILTER (WHERE occurred_at >= cutoff - INTERVAL 30 DAY)) "
-        "AS event_types_30d",
-        "bit_count(bit_or(type_mask)) AS event_types_all_windows",
-        "sum(value_quantity) FILTER (WHERE occurred_at >= cutoff - INTERVAL 30 DAY) "
-        "AS value_events_30d",
-    ]
-    days = visible("events_daily", daily, cutoffs=cutoffs, window_days=span)
-    return (f"SELECT customer_id, cutoff, {', '.join(parts)} "
-            f"FROM ({days}) AS active_day GROUP BY customer_id, cutoff")
-
-
-def _recency_sql(daily: str, cutoffs: str) -> str:
-    # The last active day before each cutoff: the day whose next active day is at or after it.
-    return f"""
-        WITH active_days AS (
-            SELECT customer_id, occurred_at AS day,
-                   lead(occurred_at) OVER (PARTITION BY customer_id ORDER BY occurred_at)
-                       AS next_day
-            FROM {daily})
-        SELECT active_days.customer_id, known_at.cutoff,
-               {_days('active_days.day', 'known_at.cutoff')} AS days_since_last_event
-        FROM active_days JOIN {cutoffs} AS known_at ON active_days.day < known_at.cutoff
-         AND (active_days.next_day IS NULL OR active_days.next_day >= known_at.cutoff)
-    """
-
-
-def _first_value_sql(fs: FeatureSettings, events: str) -> str:
-    # The first value event is a per-customer minimum: known at c exactly when it is < c.
-    return f"""
-        SELECT customer_id, min(occurred_at) AS first_value_at FROM {events}
-        WHERE event = '{_quote(fs.value_event)}' GROUP BY customer_id
-    """
+_ZERO_WHEN_NONE = {
+    "billing": ("failed_payments_90d", "failed_payments_30d", "refunds_90d",
+                "paid_amount_90d", "paid_amount_365d"),
+    "support": ("tickets_opened_90d", "tickets_high_90d", "tickets_open", "tickets_high_open"),
+    "contract": ("subscription_changes_365d",),
+}
 
 
 def _subscription_sql(subscriptions: str, spine: str) -> str:
@@ -177,19 +67,6 @@ def _subscription_sql(subscriptions: str, spine: str) -> str:
     """
 
 
-def _payment_sql(payments: str, cutoffs: str) -> str:
-    return f"""
-        SELECT customer_id, cutoff,
-            count(*) FILTER (WHERE status = 'failed') AS failed_payments_90d,
-            count(*) FILTER (WHERE status = 'failed' AND occurred_at >= cutoff - INTERVAL 30 DAY)
-                AS failed_payments_30d,
-            coalesce(sum(amount) FILTER (WHERE status = 'paid'), 0) AS paid_amount_90d,
-            count(*) FILTER (WHERE status = 'refunded') AS refunds_90d
-        FROM ({visible('payments', payments, cutoffs=cutoffs, window_days=90)}) AS payment
-        GROUP BY customer_id, cutoff
-    """
-
-
 def _ticket_sql(tickets: str, spine: str) -> str:
     recent = "opened_at >= cutoff - INTERVAL 90 DAY"
     return f"""
@@ -198,7 +75,7 @@ def _ticket_sql(tickets: str, spine: str) -> str:
             count(*) FILTER (WHERE {recent} AND priority = 'high') AS tickets_high_90d,
             count(*) FILTER (WHERE closed_at IS NULL) AS tickets_open,
             count(*) FILTER (WHERE closed_at IS NULL AND priority = 'high') AS tickets_high_open,
-            avg({_days('opened_at', 'closed_at')}) FILTER (
+            avg({days_between('opened_at', 'closed_at')}) FILTER (
                 WHERE closed_at IS NOT NULL AND opened_at >= cutoff - INTERVAL 180 DAY)
                 AS days_to_close_180d,
             avg(csat) FILTER (WHERE opened_at >= cutoff - INTERVAL 180 DAY) AS csat_180d
@@ -216,136 +93,165 @@ def _survey_sql(surveys: str, spine: str) -> str:
         SELECT customer_id, cutoff,
             max(nps) FILTER (WHERE newest = 1) AS nps_latest,
             max(nps) FILTER (WHERE newest = 1) - max(nps) FILTER (WHERE newest = 2) AS nps_change,
-            min({_days('answered_at', 'cutoff')}) AS days_since_nps
+            min({days_between('answered_at', 'cutoff')}) AS days_since_nps
         FROM answers WHERE newest <= 2 GROUP BY customer_id, cutoff
     """
 
 
-@dataclass(frozen=True)
-class Feature:
-    """One model input: its name, kind (numeric or category) and driver group."""
+def _usage_expressions(fs: FeatureSettings) -> dict[str, tuple[str, str]]:
+    def zero(part: str, column: str) -> str:
+        return f"coalesce({part}.{column}, 0)"
 
-    name: str
-    kind: str  # "numeric" | "category"
-    group: str  # one of churnlens.settings.DRIVER_GROUPS
-    label: str  # a readable name for driver sentences
-
-
-def feature_list(fs: FeatureSettings, attributes: dict[str, str]) -> list[Feature]:
-    """The model inputs produced by `feature_sql`, in column order."""
-    features = []
-    features.append(Feature("tenure_days", "numeric", "account", "tenure in days"))
-    features.append(Feature("lifecycle_stage", "category", "contract", "lifecycle stage"))
+    reached = "first_value_dates.first_value_at < spine.cutoff"
+    took = days_between("customer.signed_up_at", "first_value_dates.first_value_at")
+    out = {}
     for w in fs.windows:
-        features.append(Feature(f"events_{w}d", "numeric", "usage", f"product events in the last {w} days"))
-        features.append(Feature(f"active_days_{w}d", "numeric", "usage", f"active days in the last {w}"))
-    features += [
-        Feature("events_trend_30d", "numeric", "usage", "product events, last 30 days vs the 30 before"),
-        Feature("active_days_prev_30d", "numeric", "usage", "active days in the 30 days before last"),
-        Feature("active_days_trend_30d", "numeric", "usage", "change in active days, last 30 vs prior 30"),
-        Feature("event_types_30d", "numeric", "usage", "features used in the last 30 days"),
-        Feature("event_types_all_windows", "numeric", "usage", "features used in the longest window"),
-        Feature("days_since_last_event", "numeric", "usage", "days since the last product event"),
-        Feature("value_events_30d", "numeric", "onboarding", f"{fs.value_event} events in 30 days"),
-        Feature("reached_first_value", "numeric", "onboarding", "reached first value"),
-        Feature("days_to_first_value", "numeric", "onboarding", "days from signup to first value"),
-        Feature("mrr", "numeric", "account", "MRR"),
-        Feature("seats", "numeric", "account", "seats"),
-        Feature("plan", "category", "account", "plan"),
-        Feature("billing_interval", "category", "contract", "billing interval"),
-        Feature("mrr_change_90d", "numeric", "account", "MRR change over 90 days"),
-        Feature("seats_change_90d", "numeric", "account", "seat change over 90 days"),
-        Feature("subscription_changes_365d", "numeric", "account", "plan or seat changes in a year"),
-        Feature("days_to_renewal", "numeric", "contract", "days to renewal"),
-        Feature("failed_payments_90d", "numeric", "billing", "failed payments in 90 days"),
-        Feature("failed_payments_30d", "numeric", "billing", "failed payments in 30 days"),
-        Feature("paid_amount_90d", "numeric", "billing", "amount paid in 90 days"),
-        Feature("refunds_90d", "numeric", "billing", "refunds in 90 days"),
-        Feature("tickets_opened_90d", "numeric", "support", "tickets opened in 90 days"),
-        Feature("tickets_high_90d", "numeric", "support", "high-priority tickets in 90 days"),
-        Feature("tickets_open", "numeric", "support", "open tickets"),
-        Feature("tickets_high_open", "numeric", "support", "open high-priority tickets"),
-        Feature("days_to_close_180d", "numeric", "support", "mean days to close a ticket"),
-        Feature("csat_180d", "numeric", "support", "mean CSAT over 180 days"),
-        Feature("nps_latest", "numeric", "sentiment", "latest NPS"),
-        Feature("nps_change", "numeric", "sentiment", "change in NPS"),
-        Feature("days_since_nps", "numeric", "sentiment", "days since the last NPS answer"),
-    ]
-    for name, kind in attributes.items():
-        features.append(Feature(name, "category" if kind == "str" else "numeric", "account", name))
-    return features
+        out[f"events_{w}d"] = ("usage", zero("usage", f"events_{w}d"))
+        out[f"active_days_{w}d"] = ("usage", zero("usage", f"active_days_{w}d"))
+    out |= {
+        "events_trend_30d": ("usage", f"({zero('usage', 'events_30d')} + 1) / "
+                                      f"({zero('usage', 'events_prev_30d')} + 1) - 1"),
+        "active_days_prev_30d": ("usage", zero("usage", "active_days_prev_30d")),
+        "active_days_trend_30d": ("usage", f"{zero('usage', 'active_days_30d')} - "
+                                           f"{zero('usage', 'active_days_prev_30d')}"),
+        "event_types_30d": ("usage", zero("usage", "event_types_30d")),
+        "event_types_all_windows": ("usage", zero("usage", "event_types_all_windows")),
+        "days_since_last_event": ("recency", "recency.days_since_last_event"),
+        "value_events_30d": ("usage", zero("usage", "value_events_30d")),
+        "reached_first_value": ("first_value_dates", f"CASE WHEN {reached} THEN 1 ELSE 0 END"),
+        "days_to_first_value": ("first_value_dates", f"CASE WHEN {reached} THEN {took} END"),
+    }
+    return out
 
 
-def feature_sql(fs: FeatureSettings, attributes: dict[str, str], *, spine: str, daily: str,
-                sources: Sources = LOADED) -> str:
-    """One query giving customer_id, cutoff and every feature for each row of SPINE.
-
-    spine: from-item of (customer_id, cutoff) rows, each once; daily: from-item of the
-    daily event rollup of `events_daily_sql` over the same customers; sources: where the
-    contract tables are; attributes: the static customer columns (name -> "str" | "float").
-    Columns come in the order of `feature_list`, after customer_id and cutoff.
-    """
-    windows = [f"coalesce(usage.events_{w}d, 0) AS events_{w}d, "
-               f"coalesce(usage.active_days_{w}d, 0) AS active_days_{w}d" for w in fs.windows]
+def _account_expressions() -> dict[str, tuple[str, str]]:
     period = "CASE contract.billing_interval WHEN 'year' THEN 365.25 ELSE 30.4375 END"
-    attrs = "".join(f', customer."{a}"' for a in attributes)
-    payments = ", ".join(f"coalesce(billing.{x}, 0) AS {x}" for x in _PAYMENT_COUNTS)
-    tickets = ", ".join(f"coalesce(support.{x}, 0) AS {x}" for x in _TICKET_COUNTS)
+    since_start = days_between("contract.contract_start", "spine.cutoff")
+    p90, prev = "coalesce(billing.paid_amount_90d, 0)", "coalesce(billing.paid_amount_prev_90d, 0)"
+    last_gap = days_between("purchase.last_day", "spine.cutoff")
+    out = {name: ("contract", f"contract.{name}") for name in ("mrr", "seats", "plan",
+                                                               "billing_interval")}
+    out |= {
+        "mrr_change_90d": ("contract", "contract.mrr - contract.mrr_90d_ago"),
+        "seats_change_90d": ("contract", "contract.seats - contract.seats_90d_ago"),
+        "days_to_renewal": ("contract", f"CASE WHEN contract.contract_start IS NOT NULL THEN "
+                                        f"{period} - mod({since_start}, {period}) END"),
+        "paid_amount_trend_90d": ("billing", f"CASE WHEN {p90} + {prev} > 0 "
+                                             f"THEN ({p90} - {prev}) / ({p90} + {prev}) END"),
+        "purchases": ("purchase", "coalesce(purchase.purchases, 0)"),
+        "repeat_purchases": ("purchase", "greatest(coalesce(purchase.purchases, 0) - 1, 0)"),
+        "days_since_first_purchase": ("purchase",
+                                      days_between("purchase.first_day", "spine.cutoff")),
+        "days_since_last_purchase": ("purchase", last_gap),
+        "recency_to_gap_ratio": ("purchase", f"{last_gap} / purchase.purchase_gap_mean_days"),
+    }
+    out |= {name: ("purchase", f"purchase.{name}") for name in (
+        "order_value_mean", "order_value_std", "purchase_gap_mean_days", "purchase_gap_std_days")}
+    out |= {name: ("support", f"support.{name}") for name in ("days_to_close_180d", "csat_180d")}
+    out |= {name: ("sentiment", f"sentiment.{name}")
+            for name in ("nps_latest", "nps_change", "days_since_nps")}
+    for part, names in _ZERO_WHEN_NONE.items():
+        out |= {name: (part, f"coalesce({part}.{name}, 0)") for name in names}
+    return out
 
-    def per_cutoff(name: str) -> str:
-        return (f"LEFT JOIN {name} ON {name}.customer_id = spine.customer_id "
-                f"AND {name}.cutoff = spine.cutoff")
 
+def _event_type_expression(feature: Feature, index: int, fs: FeatureSettings) -> str:
+    def count(column: str) -> str:
+        return f"coalesce(usage.type{index}_{column}, 0)"
+
+    if feature.measure == "trend_30d":
+        return f"({count('30d')} + 1) / ({count('prev_30d')} + 1) - 1"
+    if feature.measure == "since_signup":
+        return f"coalesce(recency.type{index}_total, 0)"
+    if feature.measure in {f"{w}d" for w in fs.windows}:
+        return count(feature.measure)
+    raise ValueError(f"feature {feature.name}: measure {feature.measure!r} is not a window of "
+                     f"features.windows {list(fs.windows)}, trend_30d or since_signup; "
+                     "train with the same feature windows as this model")
+
+
+def _select(fs: FeatureSettings, features: Sequence[Feature],
+            event_types: list[str]) -> tuple[list[str], set[str]]:
+    """The base SELECT's feature columns, and the parts (CTEs) they read."""
+    known = {"tenure_days": ("", days_between("customer.signed_up_at", "spine.cutoff"))}
+    known |= _usage_expressions(fs) | _account_expressions()
+    columns, parts = [], set()
+    unknown = []
+    for feature in features:
+        if feature.attribute:
+            columns.append(f'customer."{feature.name}" AS "{feature.name}"')
+        elif feature.event_type is not None:
+            index = event_types.index(feature.event_type)
+            parts |= {"usage", "recency"}
+            columns.append(f"{_event_type_expression(feature, index, fs)} AS {feature.name}")
+        elif feature.name in known:
+            part, expression = known[feature.name]
+            parts.add(part)
+            columns.append(f"{expression} AS {feature.name}")
+        elif feature.name != "lifecycle_stage":
+            unknown.append(feature.name)
+    if unknown:
+        raise ValueError(f"feature_sql: {len(unknown)} unknown feature(s) {unknown}; build the "
+                         "list with churnlens.features.catalog.feature_plan")
+    return columns, parts - {""}
+
+
+def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spine: str,
+           daily: str, sources: Sources) -> list[tuple[str, str]]:
+    """The CTEs (name, SQL) the feature columns read, in dependency order."""
+    builders = {
+        "usage": lambda: usage_sql(fs, daily, "cutoffs", len(event_types)),
+        "recency": lambda: recency_sql(daily, "cutoffs", len(event_types)),
+        "first_value_dates": lambda: first_value_sql(fs, sources.events),
+        "contract": lambda: _subscription_sql(sources.subscriptions, spine),
+        "billing": lambda: payment_sql(sources.payments, "cutoffs"),
+        "purchase": lambda: purchase_history_sql(sources.payments, "cutoffs"),
+        "support": lambda: _ticket_sql(sources.tickets, spine),
+        "sentiment": lambda: _survey_sql(sources.surveys, spine),
+    }
+    return [(name, builders[name]()) for name in builders if name in parts]
+
+
+def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str, daily: str,
+                sources: Sources = LOADED) -> str:
+    """One query giving customer_id, cutoff and each of FEATURES for each row of SPINE.
+
+    features: from `churnlens.features.catalog.feature_plan` (or a trained model's list);
+    spine: from-item of (customer_id, cutoff) rows, each once; daily: from-item of the daily
+    event rollup of `events_daily_sql` over the same customers, built with the event types
+    `event_types_of(FEATURES)` (read only by event features); sources: where the contract
+    tables are. lifecycle_stage has a renewal stage
+    exactly when days_to_renewal is among FEATURES. Columns come in the order of FEATURES,
+    after customer_id and cutoff. Raises ValueError for a feature it does not know.
+    """
+    names = {f.name for f in features}
+    event_types = list(event_types_of(features))
+    columns, parts = _select(fs, features, event_types)
+    renewal = "days_to_renewal" in names
+    if renewal:
+        parts.add("contract")
+        columns.append("contract.billing_interval = 'year' AND "
+                       f"{_account_expressions()['days_to_renewal'][1]} "
+                       f"<= {fs.renewal_window_days} AS stage_renewal")
+    tenure = days_between("customer.signed_up_at", "spine.cutoff")
+    ctes = "".join(f",\n {name} AS ({sql})" for name, sql in
+                   _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources))
+    joins = "\n".join(
+        f"LEFT JOIN {name} ON {name}.customer_id = spine.customer_id"
+        + ("" if name == "first_value_dates" else f" AND {name}.cutoff = spine.cutoff")
+        for name in ("usage", "recency", "first_value_dates", "contract", "billing", "purchase",
+                     "support", "sentiment") if name in parts)
+    stage = (f"CASE WHEN stage_tenure_days < {fs.onboarding_days} THEN 'onboarding' "
+             + ("WHEN stage_renewal THEN 'renewal' " if renewal else "")
+             + "ELSE 'adoption' END AS lifecycle_stage")
+    outputs = [stage if f.name == "lifecycle_stage" else f'"{f.name}"' for f in features]
     return f"""
-        WITH cutoffs AS (SELECT DISTINCT cutoff FROM {spine} AS spine),
-             usage AS ({_usage_sql(fs, daily, 'cutoffs')}),
-             recency AS ({_recency_sql(daily, 'cutoffs')}),
-             first_value_dates AS ({_first_value_sql(fs, sources.events)}),
-             contract AS ({_subscription_sql(sources.subscriptions, spine)}),
-             billing AS ({_payment_sql(sources.payments, 'cutoffs')}),
-             support AS ({_ticket_sql(sources.tickets, spine)}),
-             sentiment AS ({_survey_sql(sources.surveys, spine)}),
+        WITH cutoffs AS (SELECT DISTINCT cutoff FROM {spine} AS spine){ctes},
         base AS (
-            SELECT spine.customer_id, spine.cutoff,
-                {_days('customer.signed_up_at', 'spine.cutoff')} AS tenure_days,
-                {', '.join(windows)},
-                (coalesce(usage.events_30d, 0) + 1) / (coalesce(usage.events_prev_30d, 0) + 1) - 1
-                    AS events_trend_30d,
-                coalesce(usage.active_days_prev_30d, 0) AS active_days_prev_30d,
-                coalesce(usage.active_days_30d, 0) - coalesce(usage.active_days_prev_30d, 0)
-                    AS active_days_trend_30d,
-                coalesce(usage.event_types_30d, 0) AS event_types_30d,
-                coalesce(usage.event_types_all_windows, 0) AS event_types_all_windows,
-                recency.days_since_last_event,
-                coalesce(usage.value_events_30d, 0) AS value_events_30d,
-                CASE WHEN first_value_dates.first_value_at < spine.cutoff THEN 1 ELSE 0 END
-                    AS reached_first_value,
-                CASE WHEN first_value_dates.first_value_at < spine.cutoff
-                     THEN {_days('customer.signed_up_at', 'first_value_dates.first_value_at')}
-                END AS days_to_first_value,
-                contract.mrr, contract.seats, contract.plan, contract.billing_interval,
-                contract.mrr - contract.mrr_90d_ago AS mrr_change_90d,
-                contract.seats - contract.seats_90d_ago AS seats_change_90d,
-                coalesce(contract.subscription_changes_365d, 0) AS subscription_changes_365d,
-                CASE WHEN contract.contract_start IS NOT NULL THEN
-                    {period} - mod({_days('contract.contract_start', 'spine.cutoff')}, {period})
-                END AS days_to_renewal,
-                {payments}, {tickets},
-                support.days_to_close_180d, support.csat_180d,
-                sentiment.nps_latest, sentiment.nps_change, sentiment.days_since_nps{attrs}
+            SELECT spine.customer_id, spine.cutoff, {tenure} AS stage_tenure_days,
+                   {', '.join(columns) or 'NULL AS no_feature'}
             FROM {spine} AS spine
             JOIN {sources.customers} AS customer ON customer.customer_id = spine.customer_id
-            {per_cutoff('usage')}
-            {per_cutoff('recency')}
-            LEFT JOIN first_value_dates ON first_value_dates.customer_id = spine.customer_id
-            {per_cutoff('contract')}
-            {per_cutoff('billing')}
-            {per_cutoff('support')}
-            {per_cutoff('sentiment')})
-        SELECT *, CASE
-                WHEN tenure_days < {fs.onboarding_days} THEN 'onboarding'
-                WHEN billing_interval = 'year' AND days_to_renewal <= {fs.renewal_window_days}
-                    THEN 'renewal'
-                ELSE 'adoption' END AS lifecycle_stage
-        FROM base
+            {joins})
+        SELECT customer_id, cutoff{''.join(f', {o}' for o in outputs)} FROM base
     """

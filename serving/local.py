@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow as pa
 
 from churnlens.features.build import build_events_daily, compute_features
+from churnlens.features.catalog import event_types_of
 from churnlens.features.loading import DataSet
 from churnlens.features.relations import LOADED, drop
 from churnlens.serving.chunks import Chunk
@@ -49,15 +50,16 @@ class LocalEngine:
             # memory does not grow with the base.
             con.execute(f"SET memory_limit = '{memory_limit}'")
         types = con.sql(f"SELECT count(DISTINCT event) FROM {LOADED.events}").fetchall()[0][0]
-        self.base_daily = (None if types <= 64
-                           else build_events_daily(con, settings.features, LOADED))
+        self.base_daily = (None if types <= 64 else build_events_daily(
+            con, settings.features, LOADED, event_types_of(model.features)))
 
     def features(self, chunk: Chunk) -> pd.DataFrame:
         """Feature rows of the chunk's customers, exactly as `build_snapshot` gives them."""
         where = in_chunk(chunk)
         daily = None if self.base_daily is None else self.base_daily.filter(where)
         return compute_features(self.ds.con, self.spine.filter(where), self.settings.features,
-                                self.ds.attributes, sources=LOADED.where(where), daily=daily)
+                                self.ds.attributes, sources=LOADED.where(where), daily=daily,
+                                features=self.model.features)
 
     def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
         frame = self.features(chunk)

@@ -20,6 +20,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from churnlens.features.catalog import event_types_of
 from churnlens.features.contract import TABLES
 from churnlens.features.loading import DataSet
 from churnlens.features.queries import events_daily_sql, feature_sql
@@ -139,7 +140,7 @@ class SparkEngine:
         self.owns_session = spark is None
         self.spark = spark or spark_session(master)
         self.tmp = Path(tempfile.mkdtemp(prefix="churnlens-spark-"))
-        self.sql = to_spark_sql(feature_sql(settings.features, ds.attributes, spine="spine",
+        self.sql = to_spark_sql(feature_sql(settings.features, model.features, spine="spine",
                                             daily="events_daily", sources=LOADED))
         exported = {t: LOADED.of(t) for t in TABLES} | {"spine": from_item(spine)}
         for name, source in exported.items():
@@ -148,7 +149,8 @@ class SparkEngine:
                            f"TO '{path}' (FORMAT parquet)")
             self.spark.read.parquet(str(path)).createOrReplaceTempView(f"{name}__all")
             self.spark.table(f"{name}__all").createOrReplaceTempView(name)
-        daily = self.spark.sql(to_spark_sql(events_daily_sql(settings.features, LOADED.events)))
+        daily = self.spark.sql(to_spark_sql(events_daily_sql(
+            settings.features, LOADED.events, event_types_of(model.features))))
         (daily.repartitionByRange(4, "customer_id").sortWithinPartitions("customer_id")
          .write.parquet(str(self.tmp / "events_daily")))
         daily = self.spark.read.parquet(str(self.tmp / "events_daily"))

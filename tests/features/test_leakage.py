@@ -1,4 +1,9 @@
-"""Leakage guard: records at or after a cutoff never change that cutoff's features."""
+"""Leakage guard: records at or after a cutoff never change that cutoff's features.
+
+The feature list is fixed (every built-in feature, the purchase process and per-type event
+counts included), as a trained model fixes it: which features a source can give is decided
+once, at training time (`churnlens.features.catalog`), not by each snapshot.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churnlens.features.build import build_snapshot
+from churnlens.features.catalog import SourceContents, feature_list
 from churnlens.features.loading import load_source
 from churnlens.settings import Settings
 
@@ -15,6 +21,9 @@ DAY0 = pd.Timestamp("2024-01-01")
 CUSTOMERS = ["a", "b", "c"]
 END = "2025-06-01"
 SETTINGS = Settings()
+EVENT_TYPES = ("login", "report_created", "export")
+FEATURES = feature_list(SETTINGS.features, {"segment": "str"},
+                        SourceContents.complete(SETTINGS.features, EVENT_TYPES))
 # Both churn definitions: the spine of inactivity (any history before the cutoff) must obey
 # the same rule as the contract one.
 DEFINITIONS = {name: Settings(churn={"definition": name, "activity": "any"})
@@ -28,9 +37,9 @@ def _ts(d: int) -> pd.Timestamp:
     return DAY0 + pd.Timedelta(days=d)
 
 
-event = st.tuples(cust, day, st.sampled_from(["login", "report_created", "export"]),
-                  st.integers(1, 5))
-payment = st.tuples(cust, day, st.floats(1, 500), st.sampled_from(["paid", "failed", "refunded"]))
+event = st.tuples(cust, day, st.sampled_from(EVENT_TYPES), st.integers(1, 5))
+payment = st.tuples(cust, day, st.floats(1, 500),
+                    st.sampled_from(["paid", "paid", "failed", "refunded"]))
 ticket = st.tuples(cust, day, st.one_of(st.none(), st.integers(0, 60)),
                    st.sampled_from(["low", "normal", "high"]), st.integers(1, 5))
 survey = st.tuples(cust, day, st.integers(0, 10))
@@ -64,7 +73,7 @@ def _frames(events, payments, tickets, surveys, subs) -> dict[str, pd.DataFrame]
 
 def _features(frames, cutoff, settings: Settings = SETTINGS) -> pd.DataFrame:
     ds = load_source(frames, observed_until=END)
-    return build_snapshot(ds, cutoff, settings).frame.reset_index(drop=True)
+    return build_snapshot(ds, cutoff, settings, FEATURES).frame.reset_index(drop=True)
 
 
 def _late(rows, cutoff_day, ts_index=1):
@@ -87,7 +96,7 @@ def _mutate(rows, cutoff_day, data, strategy):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=st.lists(event, min_size=1, max_size=25),
-    payments=st.lists(payment, max_size=8),
+    payments=st.lists(payment, max_size=12),
     tickets=st.lists(ticket, max_size=6),
     surveys=st.lists(survey, max_size=5),
     subs=st.lists(subscription, min_size=1, max_size=5),
@@ -134,3 +143,14 @@ def test_a_record_before_the_cutoff_does_change_features():
     assert base.loc[0, "events_30d"] == 1.0
     assert more.loc[0, "events_30d"] == 5.0
     assert more.loc[0, "days_since_last_event"] == 1.0
+
+
+def test_purchase_and_event_type_features_see_earlier_records():
+    """The all-history features are not vacuous either: earlier records move them."""
+    events = [("a", 5, "export", 2), ("a", 100, "export", 1), ("a", 45, "login", 1)]
+    payments = [("a", 10, 30.0, "paid"), ("a", 40, 50.0, "paid"), ("a", 41, 9.0, "refunded")]
+    subs = [("a", 0, None, 100.0, "month")]
+    row = _features(_frames(events, payments, [], [], subs), _ts(60)).iloc[0]
+    assert row["type_export_since_signup"] == 2.0 and row["type_login_30d"] == 1.0
+    assert row["purchases"] == 2.0 and row["order_value_mean"] == 40.0
+    assert row["days_since_last_purchase"] == 20.0 and row["refunds_90d"] == 1.0

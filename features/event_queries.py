@@ -1,0 +1,125 @@
+"""Event features: usage over windows, recency, first value, and counts per event type.
+
+Products log events of many types, some good news and some bad (a connection added or
+removed): besides totals, active days and breadth, the most frequent types get counts of
+their own over each feature window, a 30-day trend and a count since signup. Which types
+is decided once, from the training data (`choose_event_types`), and carried in each
+feature's `event_type`, so that scoring later builds exactly the same columns whatever the
+scoring data hold (a type absent there counts 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+
+from churnlens.features.known import days_between, latest_before, sql_string, utc_day, visible
+from churnlens.settings import FeatureSettings
+
+
+def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str] = ()) -> str:
+    """Events of EVENTS per customer and day: total quantity, a bit per event type, value events.
+
+    Event types beyond 64 share bits (their index modulo 64), so breadth is then a floor.
+    Each of EVENT_TYPES (the types with features of their own, `choose_event_types`) adds
+    type{i}_quantity, its quantity that day, and type{i}_total, its running total up to and
+    including that day.
+    """
+    per_type = "".join(f",\n sum(quantity) FILTER (WHERE event = {sql_string(t)}) "
+                       f"AS type{i}_quantity" for i, t in enumerate(event_types))
+    running = "".join(f", sum(coalesce(type{i}_quantity, 0)) OVER (PARTITION BY customer_id "
+                      f"ORDER BY occurred_at ROWS UNBOUNDED PRECEDING) AS type{i}_total"
+                      for i in range(len(event_types)))
+    return f"""
+        WITH type_bits AS (
+            SELECT event, row_number() OVER (ORDER BY event) - 1 AS type_index
+            FROM (SELECT DISTINCT event FROM {events}) AS event_types),
+        typed AS (
+            SELECT occurrence.customer_id, occurrence.event, occurrence.quantity,
+                   {utc_day('occurrence.occurred_at')} AS day,
+                   CAST(type_bits.type_index % 64 AS UBIGINT) AS bit
+            FROM {events} AS occurrence JOIN type_bits ON type_bits.event = occurrence.event),
+        days AS (
+            SELECT customer_id, day AS occurred_at, sum(quantity) AS quantity,
+                   bit_or(CAST(1 AS UBIGINT) << bit) AS type_mask,
+                   sum(quantity) FILTER (WHERE event = {sql_string(fs.value_event)})
+                       AS value_quantity{per_type}
+            FROM typed GROUP BY customer_id, day)
+        SELECT *{running} FROM days
+    """
+
+
+def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 0) -> str:
+    """Per customer and cutoff: events and active days per window, the 30 days before, breadth.
+
+    With EVENT_TYPES chosen types in the rollup, also type{i}_{w}d per window w and
+    type{i}_prev_30d: the quantity of type i. Two steps: the days of each cutoff's longest
+    window are summed per age band first (the bands between the windows' edges), then the
+    bands are added up per window: fewer rows reach the many filtered sums.
+    """
+    edges = sorted({*fs.windows, 30, 60})
+    band = " ".join(f"WHEN occurred_at >= cutoff - INTERVAL {e} DAY THEN {e}" for e in edges)
+    types = [f"type{i}" for i in range(event_types)]
+    per_band = ", ".join([
+        "sum(quantity) AS quantity", "count(*) AS active_days", "bit_or(type_mask) AS type_mask",
+        "sum(value_quantity) AS value_quantity", *(f"sum({t}_quantity) AS {t}" for t in types)])
+    prev = "band > 30 AND band <= 60"
+    parts = []
+    for w in fs.windows:
+        parts += [f"sum(quantity) FILTER (WHERE band <= {w}) AS events_{w}d",
+                  f"sum(active_days) FILTER (WHERE band <= {w}) AS active_days_{w}d",
+                  *(f"sum({t}) FILTER (WHERE band <= {w}) AS {t}_{w}d" for t in types)]
+    parts += [
+        *(f"sum({t}) FILTER (WHERE {prev}) AS {t}_prev_30d" for t in types),
+        f"sum(quantity) FILTER (WHERE {prev}) AS events_prev_30d",
+        f"sum(active_days) FILTER (WHERE {prev}) AS active_days_prev_30d",
+        "bit_count(bit_or(type_mask) FILTER (WHERE band <= 30)) AS event_types_30d",
+        "bit_count(bit_or(type_mask)) AS event_types_all_windows",
+        "sum(value_quantity) FILTER (WHERE band <= 30) AS value_events_30d",
+    ]
+    days = visible("events_daily", daily, cutoffs=cutoffs, window_days=edges[-1],
+                   extra_columns=[f"{t}_quantity" for t in types])
+    return f"""
+        SELECT customer_id, cutoff, {', '.join(parts)}
+        FROM (SELECT customer_id, cutoff, band, {per_band}
+              FROM (SELECT *, CASE {band} END AS band FROM ({days}) AS active_day) AS banded
+              GROUP BY customer_id, cutoff, band) AS per_band
+        GROUP BY customer_id, cutoff
+    """
+
+
+def recency_sql(daily: str, cutoffs: str, event_types: int = 0) -> str:
+    """Per customer and cutoff: days since the last active day before it, and with
+    EVENT_TYPES chosen types in the rollup, each type's total since signup (type{i}_total)."""
+    totals = [f"type{i}_total" for i in range(event_types)]
+    last = latest_before(daily, totals, cutoffs=cutoffs, time_column="occurred_at")
+    return f"""
+        SELECT customer_id, cutoff{''.join(f', {t}' for t in totals)},
+               {days_between('occurred_at', 'cutoff')} AS days_since_last_event
+        FROM ({last}) AS last_active_day
+    """
+
+
+def first_value_sql(fs: FeatureSettings, events: str) -> str:
+    """Per customer: the first value event (a per-customer minimum, known at c when < c)."""
+    return f"""
+        SELECT customer_id, min(occurred_at) AS first_value_at FROM {events}
+        WHERE event = {sql_string(fs.value_event)} GROUP BY customer_id
+    """
+
+
+def choose_event_types(con: duckdb.DuckDBPyConnection, events: str,
+                       fs: FeatureSettings) -> tuple[str, ...]:
+    """The event types of EVENTS that get features of their own, most frequent first.
+
+    At most `fs.event_types_max` types, each holding at least `fs.event_types_min_share`
+    of all event rows; ties in frequency go to the alphabetically first type.
+    """
+    if fs.event_types_max == 0:
+        return ()
+    rows = con.sql(f"""
+        SELECT event, count(*) / sum(count(*)) OVER () AS share FROM {events}
+        GROUP BY event ORDER BY count(*) DESC, event LIMIT {int(fs.event_types_max)}
+    """).fetchall()
+    return tuple(event for event, share in rows if share >= fs.event_types_min_share)
