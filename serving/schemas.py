@@ -215,6 +215,33 @@ class Snapshot(BaseModel):
     customers: int = Field(description="customers in it, the ids /score_customer knows")
 
 
+class HorizonSupport(BaseModel):
+    days: int = Field(description="P(still a customer) this many days after the cutoff")
+    extrapolates: bool = Field(
+        description="the figure lies beyond the data the survival model was fitted on for most "
+                    "customers (extrapolated_share > 0.5): a model assumption, not a measurement")
+    extrapolated_share: float = Field(
+        ge=0.0, le=1.0, description="share of the training rows whose figure at this horizon "
+                                    "lies beyond the data")
+
+
+class SurvivalSupport(BaseModel):
+    time_axis: Literal["cutoff", "tenure"] = Field(
+        description="what the survival model's time counts from: the cutoff, or signup "
+                    "(survival on tenure, used when fewer than 50 training rows are followed "
+                    "for 365 days and the features carry tenure)")
+    follow_up_days: float = Field(description="the longest follow-up from a cutoff in training")
+    supported_follow_up_days: float = Field(
+        description="the longest follow-up that at least 50 training rows reach")
+    supported_tenure_days: float | None = Field(
+        description="survival on tenure: the largest tenure that at least 50 training rows are "
+                    "seen at or beyond (a customer's curve rests on the data up to this tenure); "
+                    "null on the cutoff axis")
+    horizons: list[HorizonSupport] = Field(
+        description="the survival horizons of every score record, each with whether it "
+                    "extrapolates")
+
+
 class ModelInfo(BaseModel):
     # Optional values live in nested models only: BentoML 1.4 flattens a top-level
     # `X | None` to X in /docs.json, which would make a null break the published schema.
@@ -226,3 +253,6 @@ class ModelInfo(BaseModel):
     features: list[FeatureInfo] = Field(description="the model's features, in order")
     snapshot: Snapshot
     max_page_size: int = Field(description="most customers /score_page takes in one call")
+    survival: SurvivalSupport = Field(
+        description="how far the survival model's training data reach and which survival "
+                    "horizons extrapolate beyond them")

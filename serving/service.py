@@ -50,6 +50,7 @@ from churnlens.serving.schemas import (
     ScoreRecords,
     Snapshot,
     SnapshotIds,
+    SurvivalSupport,
     Training,
     UnknownCustomer,
     WhatIf,
@@ -163,7 +164,8 @@ class ChurnService:
 
     @bentoml.api
     async def model_info(self, request: InfoRequest, /) -> ModelInfo:
-        """Which model answers: name, version, run id, test metrics and its features."""
+        """Which model answers: name, version, run id, test metrics, its features, and how
+        far its survival figures rest on the training data."""
         info = self.model.info
         metrics = {k: float(v) for k, v in (info.get("metrics") or {}).items()
                    if isinstance(v, int | float) and math.isfinite(v)}
@@ -175,7 +177,8 @@ class ChurnService:
                                   levels=self.levels.get(f.name)) for f in self.model.features],
             snapshot=Snapshot(as_of=self.snapshot["cutoff"].max().date(),
                               customers=len(self.snapshot)),
-            max_page_size=self.max_page_size)
+            max_page_size=self.max_page_size,
+            survival=SurvivalSupport(**self.model.survival.support()))
 
     def _rows(self, ids: list[str], field: str) -> Prepared:
         """Snapshot rows of IDS, in order; UnknownCustomer names the ids not found."""

@@ -183,6 +183,10 @@ def test_model_info_names_the_model_its_metrics_and_features(http, bundle, champ
     assert plan["levels"] == bundle.risk.categories_["plan"]
     assert info["snapshot"] == {"as_of": "2026-10-31", "customers": len(snapshot)}
     assert info["max_page_size"] == MAX_PAGE_SIZE
+    survival = info["survival"]  # years of follow-up: no horizon extrapolates
+    assert survival["time_axis"] == "cutoff" and survival["supported_follow_up_days"] >= 365
+    assert [(h["days"], h["extrapolates"]) for h in survival["horizons"]] == [
+        (30, False), (90, False), (180, False), (365, False)]
 
 
 def test_health_metrics_and_openapi(http, server):
