@@ -83,7 +83,8 @@ def extrapolation_notes(summary: dict, remaining_share: float, cap_days: float,
             "P(still a customer t days on) is S(tenure + t) / S(tenure), with the hazard at "
             "each tenure learned from the customers at that tenure in the window (at least "
             f"{MIN_AT_RISK} seen at tenures up to {_days(summary['supported_tenure_days'])}); "
-            "it assumes that hazard holds in the months ahead")
+            "it assumes that hazard holds in the months ahead and holds each customer's "
+            "features at their values at the cutoff")
         limit = f"the tenures the data see (up to {_days(summary['supported_tenure_days'])})"
     else:
         limit = f"the {_days(summary['supported_follow_up_days'])} of follow-up"
