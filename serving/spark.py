@@ -157,8 +157,9 @@ class SparkEngine:
         daily.createOrReplaceTempView("events_daily__all")
         daily.createOrReplaceTempView("events_daily")
         self.model_bytes = self.spark.sparkContext.broadcast(pickle.dumps(model))
-        self.carried = [f.name for f in model.features] + (
-            [] if "mrr" in model.feature_names else ["mrr"])
+        # The feature SQL builds the model's features only: mrr is among them when the
+        # source has subscriptions (serving.stats values by expected revenue otherwise).
+        self.carried = [f.name for f in model.features]
 
     def _output_schema(self):
         from pyspark.sql.pandas.types import from_arrow_schema
