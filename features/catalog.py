@@ -49,6 +49,7 @@ _TABLES = ("subscriptions", "events", "payments", "tickets", "surveys")
 _COLUMNS = (("subscriptions", "seats"), ("subscriptions", "plan"),
             ("subscriptions", "billing_interval"), ("tickets", "closed_at"),
             ("tickets", "priority"), ("tickets", "csat"), ("surveys", "nps"))
+_CATEGORIES = ("lifecycle_stage", "plan", "billing_interval")
 _ONE = {"subscriptions": "subscription", "events": "event", "payments": "payment",
         "tickets": "ticket", "surveys": "survey"}
 
@@ -120,59 +121,65 @@ def _builtin(fs: FeatureSettings) -> list[tuple[Feature, tuple[str, ...]]]:
     """Every built-in feature in column order, with the inputs it needs."""
     events, value = ("events",), ("events", _value_key(fs))
     subs, paid = ("subscriptions",), ("payments", "payments.status=paid")
-    failed, refunded = ("payments", "payments.status=failed"), ("payments", "payments.status=refunded")
+    failed = ("payments", "payments.status=failed")
+    refunded = ("payments", "payments.status=refunded")
+    seats, interval = (*subs, "subscriptions.seats"), (*subs, "subscriptions.billing_interval")
     tickets, high = ("tickets",), ("tickets", "tickets.priority", "tickets.priority=high")
     closed, nps = ("tickets", "tickets.closed_at"), ("surveys", "surveys.nps")
     usage = []
     for w in fs.windows:
-        usage.append((Feature(f"events_{w}d", "numeric", "usage", f"product events in the last {w} days"), events))
-        usage.append((Feature(f"active_days_{w}d", "numeric", "usage", f"active days in the last {w}"), events))
-    return [
-        (Feature("tenure_days", "numeric", "account", "tenure in days"), ()),
-        (Feature("lifecycle_stage", "category", "contract", "lifecycle stage"), ()),
-        *usage,
-        (Feature("events_trend_30d", "numeric", "usage", "product events, last 30 days vs the 30 before"), events),
-        (Feature("active_days_prev_30d", "numeric", "usage", "active days in the 30 days before last"), events),
-        (Feature("active_days_trend_30d", "numeric", "usage", "change in active days, last 30 vs prior 30"), events),
-        (Feature("event_types_30d", "numeric", "usage", "features used in the last 30 days"), events),
-        (Feature("event_types_all_windows", "numeric", "usage", "features used in the longest window"), events),
-        (Feature("days_since_last_event", "numeric", "usage", "days since the last product event"), events),
-        (Feature("value_events_30d", "numeric", "onboarding", f"{fs.value_event} events in 30 days"), value),
-        (Feature("reached_first_value", "numeric", "onboarding", "reached first value"), value),
-        (Feature("days_to_first_value", "numeric", "onboarding", "days from signup to first value"), value),
-        (Feature("mrr", "numeric", "account", "MRR"), subs),
-        (Feature("seats", "numeric", "account", "seats"), (*subs, "subscriptions.seats")),
-        (Feature("plan", "category", "account", "plan"), (*subs, "subscriptions.plan")),
-        (Feature("billing_interval", "category", "contract", "billing interval"), (*subs, "subscriptions.billing_interval")),
-        (Feature("mrr_change_90d", "numeric", "account", "MRR change over 90 days"), subs),
-        (Feature("seats_change_90d", "numeric", "account", "seat change over 90 days"), (*subs, "subscriptions.seats")),
-        (Feature("subscription_changes_365d", "numeric", "account", "plan or seat changes in a year"), subs),
-        (Feature("days_to_renewal", "numeric", "contract", "days to renewal"), (*subs, "subscriptions.billing_interval")),
-        (Feature("failed_payments_90d", "numeric", "billing", "failed payments in 90 days"), failed),
-        (Feature("failed_payments_30d", "numeric", "billing", "failed payments in 30 days"), failed),
-        (Feature("refunds_90d", "numeric", "billing", "refunds in 90 days"), refunded),
-        (Feature("paid_amount_90d", "numeric", "revenue", "amount paid in the last 90 days"), paid),
-        (Feature("paid_amount_365d", "numeric", "revenue", "amount paid in the last 365 days"), paid),
-        (Feature("paid_amount_trend_90d", "numeric", "revenue", "change in amount paid, last 90 days vs the 90 before (-1 to 1)"), paid),
-        (Feature("purchases", "numeric", "revenue", "number of purchase days"), paid),
-        (Feature("repeat_purchases", "numeric", "revenue", "number of repeat purchase days"), paid),
-        (Feature("days_since_first_purchase", "numeric", "revenue", "days since the first purchase"), paid),
-        (Feature("days_since_last_purchase", "numeric", "revenue", "days since the last purchase"), paid),
-        (Feature("order_value_mean", "numeric", "revenue", "mean order value"), paid),
-        (Feature("order_value_std", "numeric", "revenue", "spread (sd) of order value"), paid),
-        (Feature("purchase_gap_mean_days", "numeric", "revenue", "mean days between purchases"), paid),
-        (Feature("purchase_gap_std_days", "numeric", "revenue", "spread (sd) of days between purchases"), paid),
-        (Feature("recency_to_gap_ratio", "numeric", "revenue", "days since the last purchase in mean gaps"), paid),
-        (Feature("tickets_opened_90d", "numeric", "support", "tickets opened in 90 days"), tickets),
-        (Feature("tickets_high_90d", "numeric", "support", "high-priority tickets in 90 days"), high),
-        (Feature("tickets_open", "numeric", "support", "open tickets"), closed),
-        (Feature("tickets_high_open", "numeric", "support", "open high-priority tickets"), (*high, "tickets.closed_at")),
-        (Feature("days_to_close_180d", "numeric", "support", "mean days to close a ticket"), closed),
-        (Feature("csat_180d", "numeric", "support", "mean CSAT over 180 days"), ("tickets", "tickets.csat")),
-        (Feature("nps_latest", "numeric", "sentiment", "latest NPS"), nps),
-        (Feature("nps_change", "numeric", "sentiment", "change in NPS"), nps),
-        (Feature("days_since_nps", "numeric", "sentiment", "days since the last NPS answer"), nps),
+        usage += [(f"events_{w}d", "usage", events, f"product events in the last {w} days"),
+                  (f"active_days_{w}d", "usage", events, f"active days in the last {w}")]
+    rows = [
+        ("tenure_days", "account", (), "tenure in days"),
+        ("lifecycle_stage", "contract", (), "lifecycle stage"),
+        ("events_trend_30d", "usage", events, "product events, last 30 days vs the 30 before"),
+        ("active_days_prev_30d", "usage", events, "active days in the 30 days before last"),
+        ("active_days_trend_30d", "usage", events, "change in active days, last 30 vs prior 30"),
+        ("event_types_30d", "usage", events, "features used in the last 30 days"),
+        ("event_types_all_windows", "usage", events, "features used in the longest window"),
+        ("days_since_last_event", "usage", events, "days since the last product event"),
+        ("value_events_30d", "onboarding", value, f"{fs.value_event} events in 30 days"),
+        ("reached_first_value", "onboarding", value, "reached first value"),
+        ("days_to_first_value", "onboarding", value, "days from signup to first value"),
+        ("mrr", "account", subs, "MRR"),
+        ("seats", "account", seats, "seats"),
+        ("plan", "account", (*subs, "subscriptions.plan"), "plan"),
+        ("billing_interval", "contract", interval, "billing interval"),
+        ("mrr_change_90d", "account", subs, "MRR change over 90 days"),
+        ("seats_change_90d", "account", seats, "seat change over 90 days"),
+        ("subscription_changes_365d", "account", subs, "plan or seat changes in a year"),
+        ("days_to_renewal", "contract", interval, "days to renewal"),
+        ("failed_payments_90d", "billing", failed, "failed payments in 90 days"),
+        ("failed_payments_30d", "billing", failed, "failed payments in 30 days"),
+        ("refunds_90d", "billing", refunded, "refunds in 90 days"),
+        ("paid_amount_90d", "revenue", paid, "amount paid in the last 90 days"),
+        ("paid_amount_365d", "revenue", paid, "amount paid in the last 365 days"),
+        ("paid_amount_trend_90d", "revenue", paid,
+         "change in amount paid, last 90 days vs the 90 before (-1 to 1)"),
+        ("purchases", "revenue", paid, "number of purchase days"),
+        ("repeat_purchases", "revenue", paid, "number of repeat purchase days"),
+        ("days_since_first_purchase", "revenue", paid, "days since the first purchase"),
+        ("days_since_last_purchase", "revenue", paid, "days since the last purchase"),
+        ("order_value_mean", "revenue", paid, "mean order value"),
+        ("order_value_std", "revenue", paid, "spread (sd) of order value"),
+        ("purchase_gap_mean_days", "revenue", paid, "mean days between purchases"),
+        ("purchase_gap_std_days", "revenue", paid, "spread (sd) of days between purchases"),
+        ("recency_to_gap_ratio", "revenue", paid, "days since the last purchase in mean gaps"),
+        ("tickets_opened_90d", "support", tickets, "tickets opened in 90 days"),
+        ("tickets_high_90d", "support", high, "high-priority tickets in 90 days"),
+        ("tickets_open", "support", closed, "open tickets"),
+        ("tickets_high_open", "support", (*high, "tickets.closed_at"),
+         "open high-priority tickets"),
+        ("days_to_close_180d", "support", closed, "mean days to close a ticket"),
+        ("csat_180d", "support", ("tickets", "tickets.csat"), "mean CSAT over 180 days"),
+        ("nps_latest", "sentiment", nps, "latest NPS"),
+        ("nps_change", "sentiment", nps, "change in NPS"),
+        ("days_since_nps", "sentiment", nps, "days since the last NPS answer"),
     ]
+    rows[2:2] = usage
+    return [(Feature(name, "category" if name in _CATEGORIES else "numeric", group, label), needs)
+            for name, group, needs, label in rows]
 
 
 def _slug(event_type: str) -> str:

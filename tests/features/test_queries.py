@@ -192,4 +192,5 @@ def test_feature_sql_refuses_a_feature_it_does_not_know():
 
 def test_an_attribute_named_like_a_feature_is_refused():
     with pytest.raises(ValueError, match=r"customers column\(s\) \['mrr'\] have the name"):
-        feature_list(CONTRACT.features, {"mrr": "float"}, SourceContents.complete(CONTRACT.features))
+        feature_list(CONTRACT.features, {"mrr": "float"},
+                     SourceContents.complete(CONTRACT.features))
