@@ -60,7 +60,8 @@ def score_columns(model: ChurnModel, frame: pd.DataFrame | Prepared,
     if with_drivers:
         contrib = model.risk.contributions(rows.risk, num_threads=num_threads)
         # JSON-friendly already: explain gives str, float or None values.
-        drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n)
+        drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n,
+                          typical=model.risk.typical_)
     else:
         drivers = [[] for _ in range(len(checked))]
     return Scored(customer_id=[str(v) for v in checked["customer_id"].tolist()],

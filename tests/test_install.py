@@ -144,9 +144,10 @@ def test_installed_only_churnlens_imports(wheel, venv, tmp_path):
 def test_features_from_a_folder_with_its_own_packages(venv, hostile_cwd):
     # The wheel's console script, and `python -m` of the editable install, which puts the
     # working directory first on sys.path.
+    from churnlens.features.sample import generate_sample, write_sample
+
+    write_sample(generate_sample(200, seed=0), hostile_cwd / "data" / "sample")
     script = venv / "bin" / "churnlens"
-    done = run(script, "sample-data", "--customers", "200", cwd=hostile_cwd)
-    assert done.returncode == 0, done.stderr
     for command in ([str(script)], [sys.executable, "-m", "churnlens.cli"]):
         done = run(command[0], *command[1:], "features", "--as-of", "2026-10-31",
                    cwd=hostile_cwd)

@@ -123,6 +123,25 @@ class IsotonicCalibrator(_Calibrator):
 CALIBRATORS = {"none": NoCalibration, "platt": PlattCalibrator, "isotonic": IsotonicCalibrator}
 
 
+def from_sklearn(estimator) -> _Calibrator:
+    """The calibrator equal to a fitted scikit-learn LogisticRegression on z (Platt) or
+    IsotonicRegression, which risk models pickled before this module held.
+
+    Raises TypeError for any other object.
+    """
+    if isinstance(estimator, LogisticRegression):
+        out = PlattCalibrator()
+        out.a_, out.b_ = float(estimator.coef_[0, 0]), float(estimator.intercept_[0])
+    elif isinstance(estimator, IsotonicRegression):
+        out = IsotonicCalibrator()
+        out.x_, out.y_ = estimator.X_thresholds_, estimator.y_thresholds_
+    else:
+        raise TypeError(f"cannot read a calibrator from {type(estimator).__name__}; retrain "
+                        "the model with churnlens train")
+    out.n_rows_ = 0  # unknown: the old estimator did not record it
+    return out
+
+
 def isotonic_allowed(y: np.ndarray) -> str:
     """'' when outcomes Y are enough for isotonic regression, else why not (a sentence)."""
     rows, churners = int(len(y)), int(np.sum(y))

@@ -1,24 +1,33 @@
 """Readable churn drivers from TreeSHAP contributions, and risk tiers from probabilities.
 
-Contributions of the features in one driver group (usage, support, billing, ...) are added
-up; the groups that raise a customer's risk most become drivers, each told as a sentence
-from the feature that contributes most in the group ("active days in the last 30 fell from
-18 to 4") and paired with the playbook action for that group.
+Contributions of the features in one driver group (usage, support, billing, revenue, ...)
+are added up; a group whose total raises the customer's risk (by at least
+MIN_CONTRIBUTION) becomes a driver, largest first, told by its feature that raises risk
+most with a value other than the typical customer's (`churnlens.training.sentences`: "active
+days in the last 30 fell from 18 to 4, below the typical 12"), and paired with the playbook
+action that params.yaml gives the group. A feature's group is its `Feature.group`, set where
+the feature is defined; nothing here ties a feature name to a group. A TreeSHAP
+contribution measures a value against the model's average customer, so a value equal to the
+typical one tells no reason and tells no driver (no billing playbook for a customer with no
+failed payment and no refund, when the typical customer has none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from churnlens.features.queries import Feature
 from churnlens.settings import DRIVER_GROUPS, PlaybookSettings, TierSettings
+from churnlens.training.sentences import Columns, rounded, sentence
 
 TIER_NAMES = np.array(["low", "medium", "high", "critical"])
-# Words that lose their "s" after a count of one ("1 open ticket", "1 failed payment").
-_PLURALS = ("tickets", "payments", "events", "days", "refunds", "features")
+# A driver raises the log-odds of churning by at least this much (the odds by about 5%):
+# below it a TreeSHAP attribution is the trees' noise, and a customer-success team would be
+# sent to act on a value that barely moves the risk ("first value took 1 day" at +0.016).
+MIN_CONTRIBUTION = 0.05
 
 
 def risk_tier(probs, tiers: TierSettings) -> np.ndarray:
@@ -34,145 +43,6 @@ def risk_tier(probs, tiers: TierSettings) -> np.ndarray:
                          f"[0, 1] (first: {p[bad][0]!r}); tiers need probabilities")
     edges = np.array([tiers.medium, tiers.high, tiers.critical])
     return TIER_NAMES[np.searchsorted(edges, p, side="right")]
-
-
-class _Columns:
-    """Feature values by row position, converted per column only when first asked for."""
-
-    def __init__(self, frame: pd.DataFrame, labels: dict[str, str]):
-        self.frame, self.labels, self._cache = frame, labels, {}
-
-    def value(self, name: str, i: int) -> float | str | None:
-        """A plain value: float for numbers, str for categories, None when unknown."""
-        if name not in self.frame.columns:
-            return None
-        if name not in self._cache:
-            self._cache[name] = self.frame[name].to_numpy(dtype=object)
-        v = self._cache[name][i]
-        if v is None or (not isinstance(v, str) and pd.isna(v)):
-            return None
-        return v if isinstance(v, str) else float(v)
-
-
-def _num(v: float) -> str:
-    if float(v).is_integer():
-        return f"{int(v):,}"
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
-
-
-def _fmt(v: float | str | None) -> str:
-    if v is None:
-        return "unknown"
-    return v if isinstance(v, str) else _num(v)
-
-
-def _generic(c: _Columns, i: int, name: str) -> str:
-    # Static attributes are labelled by their column name (acquisition_channel).
-    return f"{c.labels[name].replace('_', ' ')} is {_fmt(c.value(name, i))}"
-
-
-def _day_count(v: float) -> str:
-    n = round(v)
-    return f"{n:,} day" if n == 1 else f"{n:,} days"
-
-
-def _count(c: _Columns, i: int, name: str) -> str:
-    v = c.value(name, i)
-    if not isinstance(v, float):
-        return _generic(c, i, name)
-    if name.startswith("days_"):
-        v = float(round(v))  # whole days read better than 27.4
-    label = c.labels[name]
-    if v == 1:
-        words = label.split(" ")
-        k = next((j for j, w in enumerate(words) if w in _PLURALS), None)
-        if k is not None:
-            words[k] = words[k][:-1]
-        label = " ".join(words)
-    return f"{_num(v)} {label}"
-
-
-def _active_days(c: _Columns, i: int, name: str) -> str:
-    cur, prev = c.value("active_days_30d", i), c.value("active_days_prev_30d", i)
-    if cur is None or prev is None or "active_days_30d" not in c.labels:
-        return _count(c, i, name)
-    label = c.labels["active_days_30d"]
-    if cur == prev:
-        return f"{label} steady at {_num(cur)}"
-    verb = "fell" if cur < prev else "rose"
-    return f"{label} {verb} from {_num(prev)} to {_num(cur)}"
-
-
-def _events_trend(c: _Columns, i: int, name: str) -> str:
-    trend = c.value("events_trend_30d", i)
-    if trend is None or "events_30d" not in c.labels:
-        return _count(c, i, name) if name != "events_trend_30d" else _generic(c, i, name)
-    pct = round(abs(trend) * 100)
-    change = (f"{'down' if trend < 0 else 'up'} {pct}% on the 30 before" if pct
-              else "unchanged on the 30 before")
-    if name == "events_30d":
-        return f"{_count(c, i, name)}, {change}"  # the level is what the model used
-    return f"{c.labels['events_30d']} {change}"
-
-
-def _nps(c: _Columns, i: int, name: str) -> str:
-    latest, change = c.value("nps_latest", i), c.value("nps_change", i)
-    if latest is None:
-        return "no NPS answer yet"
-    if change is None or change == 0:
-        return f"latest NPS {_num(latest)}"
-    return f"latest NPS {_num(latest)}, {'down' if change < 0 else 'up'} {_num(abs(change))}"
-
-
-def _first_value(c: _Columns, i: int, name: str) -> str:
-    days = c.value("days_to_first_value", i)
-    if c.value("reached_first_value", i) == 1 and days is not None:
-        return f"first value took {_day_count(days)}"
-    # The value event's name only reaches this module inside the label of value_events_30d.
-    event = c.labels.get("value_events_30d", "").removesuffix(" events in 30 days")
-    tenure = c.value("tenure_days", i)
-    text = f"no first value yet ({event})" if event else "no first value yet"
-    return f"{text} after {_day_count(tenure)}" if tenure is not None else text
-
-
-def _renewal(c: _Columns, i: int, name: str) -> str:
-    v = c.value(name, i)
-    return f"renewal in {_day_count(v)}" if isinstance(v, float) else _generic(c, i, name)
-
-
-def _change(c: _Columns, i: int, name: str) -> str:
-    v = c.value(name, i)
-    if not isinstance(v, float) or v == 0:
-        return _generic(c, i, name)
-    what = {"mrr_change_90d": "MRR", "seats_change_90d": "seats"}[name]
-    return f"{what} {'fell' if v < 0 else 'rose'} by {_num(abs(v))} over 90 days"
-
-
-def _tenure(c: _Columns, i: int, name: str) -> str:
-    v = c.value(name, i)
-    return f"tenure of {_day_count(v)}" if isinstance(v, float) else _generic(c, i, name)
-
-
-_COUNTS = ("events_7d", "events_90d", "active_days_7d", "active_days_90d", "event_types_30d",
-           "event_types_all_windows", "days_since_last_event", "value_events_30d",
-           "failed_payments_90d", "failed_payments_30d", "refunds_90d", "tickets_opened_90d",
-           "tickets_high_90d", "tickets_open", "tickets_high_open", "days_since_nps", "seats")
-_SENTENCES: dict[str, Callable[[_Columns, int, str], str]] = {
-    **dict.fromkeys(_COUNTS, _count),
-    **dict.fromkeys(("active_days_30d", "active_days_prev_30d", "active_days_trend_30d"),
-                    _active_days),
-    **dict.fromkeys(("events_30d", "events_trend_30d"), _events_trend),
-    **dict.fromkeys(("nps_latest", "nps_change"), _nps),
-    **dict.fromkeys(("reached_first_value", "days_to_first_value"), _first_value),
-    **dict.fromkeys(("mrr_change_90d", "seats_change_90d"), _change),
-    "days_to_renewal": _renewal,
-    "tenure_days": _tenure,
-}
-
-
-def _sentence(columns: _Columns, i: int, name: str) -> str:
-    # Sentences with a template (and trend pairs) where one exists, else "<label> is <value>".
-    return _SENTENCES.get(name, _generic)(columns, i, name)
 
 
 def _group_layout(features: list[Feature]) -> list[str]:
@@ -197,16 +67,38 @@ def _check_inputs(frame: pd.DataFrame, contributions: pd.DataFrame, features: li
             raise ValueError(f"{what} {len(missing)} feature column(s): {missing}")
 
 
+def _at_typical(frame: pd.DataFrame, features: list[Feature],
+                typical: Mapping[str, float | str | None]) -> np.ndarray:
+    """(rows, features): True where a row's value is the typical one as its sentence shows
+    it; such a value cannot say why it raises risk."""
+    out = np.zeros((len(frame), len(features)), dtype=bool)
+    for j, f in enumerate(features):
+        t = typical.get(f.name)
+        if t is None:
+            continue
+        column = frame[f.name]
+        if f.kind == "category":
+            out[:, j] = column.notna().to_numpy() & (column.astype(str).to_numpy() == str(t))
+        else:
+            values = column.to_numpy(dtype="float64", na_value=np.nan)
+            out[:, j] = rounded(f.name, values) == rounded(f.name, t)
+    return out
+
+
 def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Feature],
-            playbooks: PlaybookSettings, top_n: int) -> list[list[dict]]:
-    """Up to TOP_N risk-raising drivers per row of FRAME.
+            playbooks: PlaybookSettings, top_n: int,
+            typical: Mapping[str, float | str | None] | None = None) -> list[list[dict]]:
+    """Up to TOP_N risk-raising drivers per row of FRAME, largest first.
 
     contributions: TreeSHAP values per feature (log-odds; rows aligned with FRAME by
-    position, e.g. `RiskModel.contributions`). Each driver is a dict with name (the group),
-    feature (its largest contributor), value (float, str or None), contribution (group
-    total), direction ("raises risk"), text and playbook; groups with a total <= 0 are
-    never drivers. Raises ValueError on misaligned inputs, missing columns, an unknown
-    group or top_n < 1.
+    position, e.g. `RiskModel.contributions`). typical: the typical training value per
+    feature (`RiskModel.typical_`), which sentences compare with; None: no comparison.
+    A group is a driver when its total is at least MIN_CONTRIBUTION and one of its features
+    raises risk (> 0) with a value other than the typical one: the largest such feature
+    tells it. Each driver is a dict with name (the group), feature, value (float, str or
+    None), contribution (the group total), direction ("raises risk"), text and playbook
+    (the group's, from PLAYBOOKS). Raises ValueError on misaligned inputs, missing columns,
+    an unknown group or top_n < 1.
     """
     _check_inputs(frame, contributions, features, top_n)
     names = [f.name for f in features]
@@ -214,21 +106,24 @@ def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Fea
     values = contributions[names].to_numpy(dtype=float)
     members = [np.array([j for j, f in enumerate(features) if f.group == g]) for g in groups]
     totals = np.column_stack([values[:, m].sum(axis=1) for m in members])
-    # Per row and group, the position (in `names`) of the feature contributing most.
-    top_feature = np.column_stack([m[np.argmax(values[:, m], axis=1)] for m in members])
-    order = np.argsort(-totals, axis=1, kind="stable")[:, :top_n]
-    columns = _Columns(frame, {f.name: f.label for f in features})
+    telling = np.where((values > 0) & ~_at_typical(frame, features, typical or {}), values, 0.0)
+    # Per row and group, the position (in `names`) of the feature that tells it.
+    top_feature = np.column_stack([m[np.argmax(telling[:, m], axis=1)] for m in members])
+    told = np.column_stack([telling[:, m].max(axis=1) > 0 for m in members])
+    listed = told & (totals >= MIN_CONTRIBUTION)
+    order = np.argsort(-np.where(listed, totals, -np.inf), axis=1, kind="stable")[:, :top_n]
+    columns = Columns(frame, {f.name: f.label for f in features}, typical or {})
     out = []
     for i in range(len(frame)):
         drivers = []
         for g in order[i]:
-            if not totals[i, g] > 0:
+            if not listed[i, g]:
                 break
             name = names[top_feature[i, g]]
             drivers.append({
                 "name": groups[g], "feature": name, "value": columns.value(name, i),
                 "contribution": float(totals[i, g]), "direction": "raises risk",
-                "text": _sentence(columns, i, name), "playbook": getattr(playbooks, groups[g]),
+                "text": sentence(columns, i, name), "playbook": getattr(playbooks, groups[g]),
             })
         out.append(drivers)
     return out

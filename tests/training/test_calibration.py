@@ -219,3 +219,23 @@ def test_on_each_sample_shape_the_kept_calibration_is_no_worse_than_none(shape, 
     print(f"{shape}: {model.calibration_method_} kept; cross-fitted {scores}; "
           f"{model.calibration_note_}; test log loss kept {kept:.5f}, none {none:.5f}")
     assert kept <= none + 1e-12
+
+
+def test_a_model_pickled_with_scikit_learn_calibrators_still_scores(models):
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    model = models["platt"]
+    frame = _frame(300, 7)
+    z = model.predict_logit(frame)
+    y = frame["churned"].to_numpy(int)
+    for old, expected in [
+        (lr := LogisticRegression(C=np.inf).fit(z.reshape(-1, 1), y),
+         expit(lr.coef_[0, 0] * z + lr.intercept_[0])),
+        (iso := IsotonicRegression(out_of_bounds="clip").fit(z, y), iso.predict(z)),
+    ]:
+        state = {k: v for k, v in vars(model).items() if k != "typical_"}
+        restored = RiskModel.__new__(RiskModel)
+        restored.__setstate__({**state, "calibrator_": old})
+        np.testing.assert_allclose(restored.predict_proba(frame), bounded(expected), atol=1e-12)
+        assert restored.typical_ == {}

@@ -1,6 +1,9 @@
-"""Drivers: readable sentences, only risk-raising groups, top_n, playbooks; risk tiers."""
+"""Drivers: readable sentences beside the typical value, only groups that raise risk told by
+an unusual value, top_n, playbooks by group; risk tiers; behaviour of a fitted model."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -9,9 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from churnlens.features.build import build_training_set
+from churnlens.features.loading import load_source
 from churnlens.features.queries import feature_list
-from churnlens.settings import FeatureSettings, PlaybookSettings, TierSettings
-from churnlens.training.drivers import explain, risk_tier
+from churnlens.features.sample import generate_sample, write_sample
+from churnlens.settings import FeatureSettings, PlaybookSettings, Settings, TierSettings
+from churnlens.training.drivers import MIN_CONTRIBUTION, explain, risk_tier
+from churnlens.training.risk import RiskModel
+from churnlens.training.split import temporal_split
 
 FEATURES = feature_list(FeatureSettings(), {"segment": "str"})
 NAMES = [f.name for f in FEATURES]
@@ -110,20 +118,149 @@ def test_playbook_text_comes_from_settings():
 @given(values=arrays(np.float64, (5, len(NAMES)),
                      # Multiples of 1/64: group sums are exact in any order of addition.
                      elements=st.integers(-128, 128).map(lambda k: k / 64)),
-       top_n=st.integers(1, 8))
-def test_drivers_are_the_largest_positive_group_totals(values, top_n):
+       top_n=st.integers(1, 8), at_typical=st.sets(st.sampled_from(NAMES)))
+def test_drivers_are_the_largest_group_totals_told_by_a_risk_raising_unusual_value(
+        values, top_n, at_typical):
     contrib = pd.DataFrame(values, columns=NAMES).assign(bias=-3.0)
     frame = _frame(*[{}] * 5)
+    typical = {n: frame.at[0, n] for n in at_typical}  # these features' values are typical
     groups = {f.name: f.group for f in FEATURES}
     totals = contrib[NAMES].T.groupby(groups).sum().T
-    for i, drivers in enumerate(explain(frame, contrib, FEATURES, PLAYBOOKS, top_n)):
-        expected = totals.iloc[i][totals.iloc[i] > 0].sort_values(ascending=False)
+    for i, drivers in enumerate(explain(frame, contrib, FEATURES, PLAYBOOKS, top_n, typical)):
+        telling = contrib.loc[i, NAMES].where(
+            (contrib.loc[i, NAMES] > 0) & ~contrib.columns[:-1].isin(list(at_typical)))
+        told = telling.groupby(groups).max().notna()
+        row = totals.iloc[i]
+        expected = row[(row >= MIN_CONTRIBUTION) & told[row.index]].sort_values(ascending=False)
         assert len(drivers) == min(top_n, len(expected))
         got = [d["contribution"] for d in drivers]
         assert got == pytest.approx(expected.iloc[:len(drivers)].tolist())
         for d in drivers:
             members = [n for n, g in groups.items() if g == d["name"]]
-            assert contrib.at[i, d["feature"]] == contrib.loc[i, members].max()
+            assert d["feature"] not in at_typical and contrib.at[i, d["feature"]] > 0
+            assert contrib.at[i, d["feature"]] == telling[members].max()
+
+
+def test_a_group_below_the_minimum_contribution_is_no_driver():
+    contrib = _contrib(2, tickets_open=[MIN_CONTRIBUTION, MIN_CONTRIBUTION * 0.9])
+    drivers = explain(_frame({"tickets_open": 1.0}, {"tickets_open": 1.0}), contrib, FEATURES,
+                      PLAYBOOKS, 3)
+    assert [len(d) for d in drivers] == [1, 0]
+
+
+TYPICAL = {"days_to_first_value": 5.2, "days_to_renewal": 120.0, "active_days_30d": 12.0,
+           "events_30d": 40.0, "events_trend_30d": 0.03, "plan": "pro", "csat_180d": 4.1,
+           "failed_payments_90d": 0.0, "failed_payments_30d": 0.0, "refunds_90d": 0.0,
+           "nps_latest": 8.0, "paid_amount_90d": 420.0, "tenure_days": 170.4}
+
+
+def _told(row: dict, feature: str) -> dict | None:
+    drivers = explain(_frame(row), _contrib(1, **{feature: 0.5}), FEATURES, PLAYBOOKS, 3, TYPICAL)
+    return drivers[0][0] if drivers[0] else None
+
+
+@pytest.mark.parametrize(("feature", "row", "text"), [
+    ("days_to_first_value", {"days_to_first_value": 0.7},
+     "first value took 1 day, below the typical 5 days"),
+    ("reached_first_value", {"reached_first_value": 0.0, "days_to_first_value": np.nan,
+                             "tenure_days": 40.2},
+     "no first value yet (report_created) after 40 days; the typical customer reached it in "
+     "5 days"),
+    ("days_to_renewal", {"days_to_renewal": 25.4}, "renewal in 25 days, below the typical "
+     "120 days"),
+    ("active_days_trend_30d", {"active_days_30d": 4.0, "active_days_prev_30d": 18.0,
+                               "active_days_trend_30d": -14.0},
+     "active days in the last 30 fell from 18 to 4, below the typical 12"),
+    ("events_trend_30d", {"events_trend_30d": -0.62},
+     "product events in the last 30 days down 62% on the 30 before, below the typical +3%"),
+    ("events_30d", {"events_30d": 9.0, "events_trend_30d": 0.0},
+     "9 product events in the last 30 days, unchanged on the 30 before, below the typical 40"),
+    ("plan", {"plan": "starter"}, "plan is starter (most customers: pro)"),
+    ("csat_180d", {"csat_180d": np.nan}, "mean CSAT over 180 days is unknown (typical: 4.1)"),
+    ("nps_latest", {"nps_latest": np.nan}, "no NPS answer yet (typical: 8)"),
+    ("failed_payments_90d", {"failed_payments_90d": 2.0},
+     "2 failed payments in 90 days, above the typical 0"),
+    ("paid_amount_90d", {"paid_amount_90d": 0.0},
+     "amount paid in the last 90 days is 0, below the typical 420"),
+    ("tenure_days", {"tenure_days": 2000.0}, "tenure of 2,000 days, above the typical 170 days"),
+])
+def test_sentences_say_how_the_value_compares_with_the_typical_customer(feature, row, text):
+    assert _told(row, feature)["text"] == text
+
+
+@pytest.mark.parametrize(("feature", "row"), [
+    ("failed_payments_90d", {"failed_payments_90d": 0.0}),
+    ("refunds_90d", {"refunds_90d": 0.0}),
+    ("plan", {"plan": "pro"}),
+    ("days_to_first_value", {"days_to_first_value": 5.4}),  # shown as 5 days, as typical
+])
+def test_a_typical_value_tells_no_driver(feature, row):
+    assert _told(row, feature) is None
+
+
+def test_no_failed_payment_and_no_refund_never_gets_the_billing_playbook():
+    # Billing contributions that would outweigh every other group: with typical values
+    # (none failed, none refunded) they tell nothing, and the group is no driver.
+    contrib = _contrib(1, failed_payments_90d=0.9, failed_payments_30d=0.4, refunds_90d=0.2,
+                       tickets_open=0.1)
+    drivers = explain(_frame({"tickets_open": 2.0}), contrib, FEATURES, PLAYBOOKS, 3, TYPICAL)[0]
+    assert [d["name"] for d in drivers] == ["support"]
+    # One refund tells the billing group, with its whole total.
+    drivers = explain(_frame({"refunds_90d": 1.0}), contrib, FEATURES, PLAYBOOKS, 3, TYPICAL)[0]
+    assert drivers[0]["name"] == "billing" and drivers[0]["feature"] == "refunds_90d"
+    assert drivers[0]["contribution"] == pytest.approx(1.5)
+    assert drivers[0]["text"] == "1 refund in 90 days, above the typical 0"
+
+
+def test_paid_amounts_are_revenue_signals_and_groups_come_from_the_feature_list():
+    driver = _told({"paid_amount_90d": 0.0}, "paid_amount_90d")
+    assert (driver["name"], driver["playbook"]) == ("revenue", PLAYBOOKS.revenue)
+    assert driver["playbook"] != PLAYBOOKS.billing
+    # The playbook follows the group a feature list gives, whatever the feature's name.
+    regrouped = [replace(f, group="account") if f.name == "failed_payments_90d" else f
+                 for f in FEATURES]
+    contrib = _contrib(1, failed_payments_90d=0.5)
+    driver = explain(_frame({"failed_payments_90d": 2.0}), contrib, regrouped, PLAYBOOKS, 3)[0][0]
+    assert (driver["name"], driver["playbook"]) == ("account", PLAYBOOKS.account)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Test rows of a small sample, their contributions and drivers from a fitted model."""
+    src = tmp_path_factory.mktemp("drivers") / "src"
+    write_sample(generate_sample(1500, seed=5), src)
+    ff = build_training_set(load_source(src), Settings())
+    split = temporal_split(ff.frame, Settings().horizon_days, Settings().training)
+    model = RiskModel(ff.features, Settings().training.lightgbm).fit(
+        split.train, split.validation, split.calibration)
+    rows = split.test.reset_index(drop=True)
+    contrib = model.contributions(rows)
+    drivers = explain(rows, contrib, ff.features, PLAYBOOKS, 3, model.typical_)
+    return rows, contrib, drivers, model
+
+
+def test_every_driver_of_a_fitted_model_raises_risk_by_an_unusual_value(fitted):
+    rows, contrib, drivers, model = fitted
+    listed = [(i, d) for i, row in enumerate(drivers) for d in row]
+    assert len(listed) > len(rows)  # most customers have something that raises their risk
+    for i, d in listed:
+        assert d["contribution"] >= MIN_CONTRIBUTION and contrib.at[i, d["feature"]] > 0
+        typical, value = model.typical_[d["feature"]], d["value"]
+        assert value != typical
+        assert not isinstance(value, float) or round(value, 1) != round(typical, 1)
+    # "first value took 1 day" said no more; now each says how it compares with the typical.
+    first_value = [d["text"] for _, d in listed if d["feature"] == "days_to_first_value"]
+    assert first_value and all("the typical" in t for t in first_value)
+    assert not any("below the typical" in t for t in first_value)  # monotone in the model
+
+
+def test_a_fitted_model_gives_no_billing_playbook_without_failed_payments_or_refunds(fitted):
+    rows, _, drivers, _ = fitted
+    clean = (rows[["failed_payments_90d", "failed_payments_30d", "refunds_90d"]] == 0).all(axis=1)
+    billing = [i for i, row in enumerate(drivers) for d in row if d["playbook"] == PLAYBOOKS.billing]
+    assert billing  # failed payments do drive churn in the sample
+    assert not clean.iloc[billing].any()
+    assert {d["name"] for row in drivers for d in row if "paid" in d["feature"]} <= {"revenue"}
 
 
 def test_explain_rejects_bad_inputs():

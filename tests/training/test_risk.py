@@ -127,6 +127,15 @@ def test_more_unresolved_high_priority_tickets_never_lower_risk(model, test_rows
         assert (model.predict_proba(more) >= base).all()
 
 
+def test_a_quicker_first_value_never_raises_risk(model, test_rows):
+    onboarded = test_rows[test_rows["reached_first_value"] == 1]
+    base = model.predict_proba(onboarded)
+    for days in (0.5, 3.0):
+        quicker = onboarded.assign(
+            days_to_first_value=np.minimum(onboarded["days_to_first_value"], days))
+        assert (model.predict_proba(quicker) <= base).all()
+
+
 def _collapse_usage(frame: pd.DataFrame) -> pd.DataFrame:
     """No product use in any window, trends recomputed as the feature queries define them."""
     out = frame.copy()

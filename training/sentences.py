@@ -1,0 +1,216 @@
+"""Driver sentences: a feature's value in words, beside the typical customer's.
+
+A template per feature (and per pair that reads as one change, such as active days now
+against the 30 days before) writes the value as a customer-success team reads it ("1 open
+ticket", "renewal in 25 days", "latest NPS 3, down 5"); any other feature reads "<label> is
+<value>". Each ends with how the value compares with the typical training customer's
+(", below the typical 12", " (most customers: pro)"), the reason it can raise risk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+# Fractions whose sentences show whole percents.
+_PERCENT = ("events_trend_30d",)
+# Words that lose their "s" after a count of one ("1 open ticket", "1 failed payment").
+_PLURALS = ("tickets", "payments", "events", "days", "refunds", "features")
+
+
+class Columns:
+    """Feature values by row position, converted per column only when first asked for, and
+    the typical training value of each feature (None when unknown)."""
+
+    def __init__(self, frame: pd.DataFrame, labels: dict[str, str],
+                 typical: Mapping[str, float | str | None]):
+        self.frame, self.labels, self.typical, self._cache = frame, labels, typical, {}
+
+    def value(self, name: str, i: int) -> float | str | None:
+        """A plain value: float for numbers, str for categories, None when unknown."""
+        if name not in self.frame.columns:
+            return None
+        if name not in self._cache:
+            self._cache[name] = self.frame[name].to_numpy(dtype=object)
+        v = self._cache[name][i]
+        if v is None or (not isinstance(v, str) and pd.isna(v)):
+            return None
+        return v if isinstance(v, str) else float(v)
+
+
+def _num(v: float) -> str:
+    if float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
+
+
+def _fmt(v: float | str | None) -> str:
+    if v is None:
+        return "unknown"
+    return v if isinstance(v, str) else _num(v)
+
+
+def _day_count(v: float) -> str:
+    n = round(v)
+    return f"{n:,} day" if n == 1 else f"{n:,} days"
+
+
+def _pct(v: float) -> str:
+    return f"{round(v * 100):+d}%"
+
+
+def _is_days(name: str) -> bool:
+    return name.startswith("days_") or name.endswith("_days")
+
+
+def _shown(name: str) -> Callable[[float], str]:
+    """How NAME's sentence writes a value: '+3%', '5 days' or a plain number."""
+    return _pct if name in _PERCENT else _day_count if _is_days(name) else _num
+
+
+def rounded(name: str, values) -> np.ndarray:
+    """VALUES of NAME to the precision its sentence shows them (NaN stays NaN)."""
+    v = np.asarray(values, dtype=float)
+    if name in _PERCENT:
+        return np.round(v * 100)
+    if _is_days(name):
+        return np.round(v)
+    return np.where(np.abs(v) >= 100, np.round(v), np.round(v, 1))
+
+
+def _vs(c: Columns, i: int, name: str, of: str | None = None) -> str:
+    """How row I's value of NAME (or of OF, the feature whose value the sentence states)
+    compares with the typical training customer's, as the tail of a sentence; '' when
+    there is no typical value or the value is the typical one (as shown)."""
+    name = of or name
+    typical, value = c.typical.get(name), c.value(name, i)
+    if typical is None or value == typical:
+        return ""
+    if isinstance(typical, str) or isinstance(value, str):
+        return f" (most customers: {_fmt(typical)})"
+    if value is None:
+        return f" (typical: {_shown(name)(typical)})"
+    if rounded(name, value) == rounded(name, typical):
+        return ""
+    return f", {'above' if value > typical else 'below'} the typical {_shown(name)(typical)}"
+
+
+def _generic(c: Columns, i: int, name: str) -> str:
+    # Static attributes are labelled by their column name (acquisition_channel).
+    return f"{c.labels[name].replace('_', ' ')} is {_fmt(c.value(name, i))}" + _vs(c, i, name)
+
+
+def _counted(v: float, label: str) -> str:
+    """'2 open tickets', '1 open ticket'."""
+    if v == 1:
+        words = label.split(" ")
+        k = next((j for j, w in enumerate(words) if w in _PLURALS), None)
+        if k is not None:
+            words[k] = words[k][:-1]
+        label = " ".join(words)
+    return f"{_num(v)} {label}"
+
+
+def _count(c: Columns, i: int, name: str) -> str:
+    v = c.value(name, i)
+    if not isinstance(v, float):
+        return _generic(c, i, name)
+    if name.startswith("days_"):
+        v = float(round(v))  # whole days read better than 27.4
+    return _counted(v, c.labels[name]) + _vs(c, i, name)
+
+
+def _active_days(c: Columns, i: int, name: str) -> str:
+    cur, prev = c.value("active_days_30d", i), c.value("active_days_prev_30d", i)
+    if cur is None or prev is None or "active_days_30d" not in c.labels:
+        return _count(c, i, name)
+    label, vs = c.labels["active_days_30d"], _vs(c, i, name, of="active_days_30d")
+    if cur == prev:
+        return f"{label} steady at {_num(cur)}{vs}"
+    verb = "fell" if cur < prev else "rose"
+    return f"{label} {verb} from {_num(prev)} to {_num(cur)}{vs}"
+
+
+def _events_trend(c: Columns, i: int, name: str) -> str:
+    trend = c.value("events_trend_30d", i)
+    if trend is None or "events_30d" not in c.labels or c.value("events_30d", i) is None:
+        return _count(c, i, name) if name != "events_trend_30d" else _generic(c, i, name)
+    pct = round(abs(trend) * 100)
+    change = (f"{'down' if trend < 0 else 'up'} {pct}% on the 30 before" if pct
+              else "unchanged on the 30 before")
+    if name == "events_30d":  # the level is what the model used
+        return f"{_counted(c.value(name, i), c.labels[name])}, {change}{_vs(c, i, name)}"
+    return f"{c.labels['events_30d']} {change}{_vs(c, i, name)}"
+
+
+def _nps(c: Columns, i: int, name: str) -> str:
+    latest, change = c.value("nps_latest", i), c.value("nps_change", i)
+    vs = _vs(c, i, name, of="nps_latest")
+    if latest is None:
+        return f"no NPS answer yet{vs}"
+    if change is None or change == 0:
+        return f"latest NPS {_num(latest)}{vs}"
+    return (f"latest NPS {_num(latest)}, {'down' if change < 0 else 'up'} "
+            f"{_num(abs(change))}{vs}")
+
+
+def _first_value(c: Columns, i: int, name: str) -> str:
+    days = c.value("days_to_first_value", i)
+    if c.value("reached_first_value", i) == 1 and days is not None:
+        return (f"first value took {_day_count(days)}"
+                + _vs(c, i, name, of="days_to_first_value"))
+    # The value event's name only reaches this module inside the label of value_events_30d.
+    event = c.labels.get("value_events_30d", "").removesuffix(" events in 30 days")
+    tenure = c.value("tenure_days", i)
+    text = f"no first value yet ({event})" if event else "no first value yet"
+    text = f"{text} after {_day_count(tenure)}" if tenure is not None else text
+    typical = c.typical.get("days_to_first_value")
+    return (f"{text}; the typical customer reached it in {_day_count(typical)}"
+            if isinstance(typical, float) else text)
+
+
+def _renewal(c: Columns, i: int, name: str) -> str:
+    v = c.value(name, i)
+    if not isinstance(v, float):
+        return _generic(c, i, name)
+    return f"renewal in {_day_count(v)}" + _vs(c, i, name)
+
+
+def _change(c: Columns, i: int, name: str) -> str:
+    v = c.value(name, i)
+    if not isinstance(v, float) or v == 0:
+        return _generic(c, i, name)
+    what = {"mrr_change_90d": "MRR", "seats_change_90d": "seats"}[name]
+    return f"{what} {'fell' if v < 0 else 'rose'} by {_num(abs(v))} over 90 days" + _vs(c, i, name)
+
+
+def _tenure(c: Columns, i: int, name: str) -> str:
+    v = c.value(name, i)
+    if not isinstance(v, float):
+        return _generic(c, i, name)
+    return f"tenure of {_day_count(v)}" + _vs(c, i, name)
+
+
+_COUNTS = ("events_7d", "events_90d", "active_days_7d", "active_days_90d", "event_types_30d",
+           "event_types_all_windows", "days_since_last_event", "value_events_30d",
+           "failed_payments_90d", "failed_payments_30d", "refunds_90d", "tickets_opened_90d",
+           "tickets_high_90d", "tickets_open", "tickets_high_open", "days_since_nps", "seats")
+_SENTENCES: dict[str, Callable[[Columns, int, str], str]] = {
+    **dict.fromkeys(_COUNTS, _count),
+    **dict.fromkeys(("active_days_30d", "active_days_prev_30d", "active_days_trend_30d"),
+                    _active_days),
+    **dict.fromkeys(("events_30d", "events_trend_30d"), _events_trend),
+    **dict.fromkeys(("nps_latest", "nps_change"), _nps),
+    **dict.fromkeys(("reached_first_value", "days_to_first_value"), _first_value),
+    **dict.fromkeys(("mrr_change_90d", "seats_change_90d"), _change),
+    "days_to_renewal": _renewal,
+    "tenure_days": _tenure,
+}
+
+
+def sentence(columns: Columns, i: int, name: str) -> str:
+    """Why feature NAME of row I raises risk, in words, with the typical value beside it."""
+    # Sentences with a template (and trend pairs) where one exists, else "<label> is <value>".
+    return _SENTENCES.get(name, _generic)(columns, i, name)
