@@ -30,13 +30,10 @@ def monthly_revenue(frame: pd.DataFrame) -> np.ndarray:
     """Revenue per month at the cutoff: mrr, or paid_amount_90d / 3 where mrr is missing.
 
     A frame without one of the two columns (no subscriptions, or no payments, in the source)
-    reads the other alone. A row with neither value stays NaN (its LTV is unknown, not zero).
-    Raises ValueError when the frame has neither column.
+    reads the other alone. A row with neither value stays NaN (its LTV is unknown, not zero),
+    and so does every row of a frame with neither column (a source without revenue).
     """
     present = [c for c in ("mrr", "paid_amount_90d") if c in frame.columns]
-    if not present:
-        raise ValueError("frame lacks both mrr and paid_amount_90d: the revenue rate needs "
-                         "one of them (subscriptions or payments in the source)")
     unknown = np.full(len(frame), np.nan)
     mrr = frame["mrr"].to_numpy(dtype=float) if "mrr" in present else unknown
     paid = (frame["paid_amount_90d"].to_numpy(dtype=float) / 3.0

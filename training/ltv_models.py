@@ -26,6 +26,7 @@ from churnlens.training.purchase import BetaGeo, GammaGamma, expected_revenue
 PURCHASE_FEATURES = ("repeat_purchases", "days_since_first_purchase",
                      "days_since_last_purchase", "order_value_mean")
 SMALL_BATCH_ROWS = 1000  # below this one LightGBM thread predicts faster than two
+BALANCE_ROWS = 100  # fewest rows at the latest training cutoff to rescale predictions to
 
 
 def _require(rows: pd.DataFrame, columns, who: str) -> None:
@@ -278,13 +279,27 @@ class RevenueRegressor(LtvCandidate):
         self.best_iteration_ = int(booster.best_iteration or booster.num_trees())
         self.booster_ = lgb.Booster(
             model_str=booster.model_to_string(num_iteration=self.best_iteration_))
-        # Tweedie's score weights each row by mu ** (1 - p), so for p > 1 its predictions
-        # do not add up to the training revenue (they fall short where revenue is heavy):
-        # rescale them so they do (the balance property of a Poisson fit).
-        fitted = self.booster_.predict(dtrain.get_data(), num_threads=1)
-        self.balance_ = float(y.sum() / fitted.sum()) if fitted.sum() > 0 else 1.0
+        self.balance_ = self._balance(rows, y, self.booster_.predict(dtrain.get_data(),
+                                                                     num_threads=1))
         self.fitted_ = True
         return self
+
+    @staticmethod
+    def _balance(rows: pd.DataFrame, y: np.ndarray, fitted: np.ndarray) -> float:
+        """The factor that makes the predictions add up to the latest training window.
+
+        Tweedie's score weights each row by mu ** (1 - p), so for p > 1 the predictions do
+        not add up to the training revenue (they fall short where revenue is heavy). They
+        are rescaled to the revenue of the rows at the latest training cutoff (all rows
+        when it holds fewer than BALANCE_ROWS): its customers are the closest in mix (older,
+        on average) to those the model will predict for, one window later.
+        """
+        latest = np.ones(len(rows), dtype=bool)
+        if "cutoff" in rows.columns:
+            at_last = (rows["cutoff"] == rows["cutoff"].max()).to_numpy()
+            latest = at_last if at_last.sum() >= BALANCE_ROWS else latest
+        total = fitted[latest].sum()
+        return float(y[latest].sum() / total) if total > 0 else 1.0
 
     def _lgb_params(self) -> dict:
         p = self.params

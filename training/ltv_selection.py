@@ -275,6 +275,9 @@ def _survival_check(model: SurvivalRevenue, frame: pd.DataFrame):
     actual = rows["revenue_ltv"].to_numpy(dtype=float)
     predicted = model.predict(rows, annual_discount_rate=0.0)
     known = ~np.isnan(predicted)
+    if not known.any() or not actual[known].sum() > 0:
+        return {}, ["LTV not evaluated: the source holds no revenue (MRR or paid payments) "
+                    f"at cutoff {observed[-1].date()}"], {}
     metrics = {f"test.ltv.{k}": float(v) for k, v in
                _scores(rows["revenue_ltv"][known], predicted[known]).items()}
     note = (f"LTV checked against realised revenue at cutoff {observed[-1].date()} "

@@ -172,6 +172,12 @@ def test_regressor_adds_up_to_the_training_revenue_and_discounts_evenly(frames):
     undiscounted = model.predict(train, annual_discount_rate=0.0)
     assert undiscounted.sum() == pytest.approx(train["revenue_ltv"].clip(lower=0).sum(), rel=1e-6)
     assert model.balance_ > 1  # Tweedie with p > 1 falls short before the rescaling
+    # With several cutoffs the predictions add up at the latest one.
+    older = validation.assign(cutoff=pd.Timestamp("2024-06-01"), revenue_ltv=0.0)
+    both = pd.concat([older, train], ignore_index=True)
+    latest = RevenueRegressor(FEATURES, PARAMS, 365, 0.1, seed=3).fit(both, validation)
+    assert latest.predict(train, annual_discount_rate=0.0).sum() == pytest.approx(
+        train["revenue_ltv"].clip(lower=0).sum(), rel=1e-6)
     np.testing.assert_allclose(model.predict(train), undiscounted * discount_factor(365, 0.1))
     months = np.arange(12) + 0.5
     assert discount_factor(365, 0.1) == pytest.approx(np.mean(1.1 ** (-months * MONTH_DAYS
@@ -261,3 +267,23 @@ def test_a_horizon_longer_than_the_data_is_backtested_shorter(transactions_choic
     assert "test.lightgbm_ltv.spearman" in choice.metrics
     short = PurchaseProcess(days).fit(frame).predict(frame.tail(200))
     assert (choice.model.predict(frame.tail(200)) > short).all()
+
+
+def test_contract_data_keep_survival_x_rate_and_say_what_was_checked(frames):
+    from churnlens.training.ltv_selection import choose_ltv
+
+    train, _ = frames
+    early = train.assign(cutoff=pd.Timestamp("2024-12-01"))
+    frame = pd.concat([early, train.assign(revenue_ltv=np.nan)], ignore_index=True)
+    choice = choose_ltv(frame, FEATURES, FlatSurvival(), Settings(), purchase_data=False)
+    assert choice.model.name == "survival_x_rate" and choice.model.backtest_ is choice
+    assert set(choice.metrics) == {f"test.ltv.{k}" for k in
+                                   ("normalized_gini", "spearman", "decile_mape",
+                                    "total_error_pct")}
+    assert "2024-12-01" in choice.notes[0] and "optimistic" in choice.notes[0]
+    assert len(choice.arrays["ltv_pred"]) == len(train)
+    # A source without revenue columns: the LTV is unknown, not an error.
+    bare = frame.drop(columns=["paid_amount_90d"])
+    none = choose_ltv(bare, FEATURES, FlatSurvival(), Settings(), purchase_data=False)
+    assert none.metrics == {} and none.notes[0].startswith("LTV not evaluated: the source")
+    assert np.isnan(none.model.predict(bare)).all()
