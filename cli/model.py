@@ -25,12 +25,12 @@ TASKS = {
               "log_loss": "log loss", "calibration_error": "calibration error",
               "top_decile_lift": "top-decile lift", "top_decile_capture": "top-decile capture"},
              {"risk": "model", "logistic": "logistic", "base_rate": "base rate",
-              "oracle": "oracle"}),
+              "bgnbd": "BG/NBD", "bgnbd_alive": "BG/NBD alive", "oracle": "oracle"}),
     "survival": ({"concordance": "concordance", "integrated_brier": "integrated Brier"},
                  {"survival": "model", "kaplan_meier": "Kaplan-Meier"}),
     "LTV": ({"normalized_gini": "normalized Gini", "spearman": "Spearman",
              "decile_mape": "decile MAPE %", "total_error_pct": "total error %"},
-            {"ltv": "model"}),
+            {"ltv": "model", "bgnbd_gg": "BG/NBD+GG", "lightgbm_ltv": "LightGBM"}),
 }
 
 
