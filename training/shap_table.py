@@ -169,8 +169,7 @@ class ShapTable:
         self._edge_start = (np.cumsum(counts) - counts)[:, None]
         self._edge_count = counts[:, None]
         self._axis_ids = np.arange(len(self._axes), dtype=float)[:, None]
-        self._numeric = np.array([i for i, a in enumerate(self._axes) if not a.categorical],
-                                 np.intp)
+        self._numeric_rows = np.array([[not a.categorical] for a in self._axes], bool)
         self._categorical = np.array([i for i, a in enumerate(self._axes) if a.categorical],
                                      np.intp)
         self._axis_features = np.array([a.feature for a in self._axes], np.intp)
@@ -231,14 +230,12 @@ class ShapTable:
             start, count = self._edge_start[cat], self._edge_count[cat]
             at = np.minimum(bins[cat] + start, start + count - 1)
             bins[cat] = np.where(self._edges.imag[at] == cols[cat], bins[cat], count)
-        numeric = self._numeric
-        zero = np.abs(cols[numeric]) <= ZERO_THRESHOLD  # zero as LightGBM reads it
-        if zero.any():
-            bins[numeric] = np.where(zero, self._edge_count[numeric] + 1, bins[numeric])
-        nan = np.isnan(cols)
-        if nan.any():
-            bins = np.where(nan, self._edge_count + 2, bins)
+        zero = np.abs(cols) <= ZERO_THRESHOLD  # zero as LightGBM reads it (never NaN)
+        zero &= self._numeric_rows  # a category's zero is code 0
+        np.copyto(bins, self._edge_count + 1, where=zero)
+        np.copyto(bins, self._edge_count + 2, where=np.isnan(cols))
         return bins
+
 
 def _tree_table(booster: lgb.Booster, tree: _Tree, axes: list[Axis], n_features: int
                 ) -> tuple[np.ndarray, float]:
