@@ -61,6 +61,7 @@ from churnlens.features.sample.activity import (
     surveys_table,
     tickets_table,
 )
+from churnlens.features.sample.checks import end_date
 from churnlens.features.sample.process import (
     draw_churn,
     draw_customers,
@@ -176,13 +177,4 @@ def _validate(n, seed, end, years, horizon_days) -> pd.Timestamp:
         raise ValueError(f"horizon_days must be an integer >= 1, got {horizon_days!r}")
     if isinstance(years, bool) or not isinstance(years, int | float) or not 0.1 <= years <= 50:
         raise ValueError(f"years must be a number from 0.1 to 50, got {years!r}")
-    try:
-        ts = pd.Timestamp(end)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"end must be a timestamp such as '2026-11-01', got {end!r}") from exc
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    if ts is pd.NaT or ts != ts.normalize() or not 1980 <= ts.year <= 2200:
-        raise ValueError(f"end must be a midnight between 1980 and 2200 such as '2026-11-01', "
-                         f"got {end!r}")
-    return ts
+    return end_date(end, pd.NaT)

@@ -54,6 +54,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from churnlens.features.sample.checks import check_integers, end_date
+
 EXPORT_DATE = pd.Timestamp("2026-11-01")
 HORIZON_DAYS = 31
 HISTORY_YEARS = 6.0
@@ -164,21 +166,8 @@ def generate(n_customers: int, seed: int = 0, *, horizon_days: int = HORIZON_DAY
 def _validate(n, seed, horizon_days, end) -> pd.Timestamp:
     checks = [("n_customers", n, 1, None), ("seed", seed, 0, None),
               ("horizon_days", horizon_days, 1, 366)]
-    for name, value, lo, hi in checks:
-        if (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < lo
-                or (hi is not None and value > hi)):
-            bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
-            raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
-    try:
-        ts = EXPORT_DATE if end is None else pd.Timestamp(end)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"end must be a timestamp such as '2026-11-01', got {end!r}") from exc
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    if ts is pd.NaT or ts != ts.normalize() or not 1980 <= ts.year <= 2200:
-        raise ValueError(f"end must be a midnight between 1980 and 2200 such as '2026-11-01', "
-                         f"got {end!r}")
-    return ts
+    check_integers(checks)
+    return end_date(end, EXPORT_DATE)
 
 
 def _secs(ts: pd.Timestamp) -> int:
