@@ -41,8 +41,8 @@ def trained(tmp_path_factory):
 
 
 STAGES = ["load", "training set", "split", "tracking", "risk model", "calibration",
-          "survival weibull_aft", "survival discrete_lgbm", "survival model", "evaluation",
-          "plots", "logging", "registry", "report", "done"]
+          "survival weibull_aft", "survival discrete_lgbm", "survival model", "LTV model",
+          "evaluation", "plots", "logging", "registry", "report", "done"]
 
 
 def test_training_says_each_stage_with_its_time_and_nothing_else(trained):
