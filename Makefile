@@ -35,7 +35,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The inner loop: everything but the end-to-end tests that train a model or start a server,
 # one test file per core at a time (module fixtures are built once).
