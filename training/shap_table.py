@@ -41,7 +41,7 @@ LOOP_ROWS = 64
 
 @dataclass
 class _Tree:
-    """One tabulated tree: per used axis, bin -> local cell, and its SHAP table."""
+    """One tabulated tree: per axis it splits on, the cell of each bin and a bin per cell."""
 
     index: int
     axes: list[int]  # slots into ShapTable._axes
