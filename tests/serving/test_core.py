@@ -114,3 +114,26 @@ def test_the_batch_table_equals_the_records_table(model_and_rows):
         else:
             assert table[name].equals(expected[name]), name
     assert score_table(model, rows.iloc[:0]).num_rows == 0
+
+
+def test_drivers_are_unchanged_by_the_shap_table(trained_env, model_and_rows):
+    # Every record of the sample snapshot, with TreeSHAP by ShapTable and by LightGBM's own
+    # pred_contrib: the same drivers in the same order, contributions equal to rounding.
+    model, _ = model_and_rows
+    rows = pd.read_parquet(trained_env.snapshot)
+    by_table = score_records(model, rows)
+    model.risk.tree_shap = "lightgbm"
+    try:
+        by_lightgbm = score_records(model, rows)
+    finally:
+        del model.risk.tree_shap  # back to the class default, "table"
+    assert sum(len(r["drivers"]) for r in by_table) > len(rows)  # drivers to compare
+
+    def without_contributions(records):
+        return [{**r, "drivers": [{**d, "contribution": None} for d in r["drivers"]]}
+                for r in records]
+
+    assert without_contributions(by_table) == without_contributions(by_lightgbm)
+    np.testing.assert_allclose(
+        [d["contribution"] for r in by_table for d in r["drivers"]],
+        [d["contribution"] for r in by_lightgbm for d in r["drivers"]], rtol=0, atol=1e-9)

@@ -88,6 +88,22 @@ def test_pickled_model_gives_identical_predictions(model, test_rows):
     assert loaded.contributions(test_rows.head(50)).equals(model.contributions(test_rows.head(50)))
 
 
+def test_contributions_equal_lightgbm_pred_contrib_and_the_table_is_not_pickled(model,
+                                                                                test_rows):
+    table = model.contributions(test_rows)  # by ShapTable, built on this first call
+    assert model.shap_table() is not None and model.shap_table_note_ == ""
+    exact = model.booster_.predict(model.encode(test_rows), pred_contrib=True)
+    np.testing.assert_allclose(table.to_numpy(), exact, rtol=0, atol=1e-9)
+    loaded = pickle.loads(pickle.dumps(model))
+    assert "_shap_table" not in loaded.__dict__  # rebuilt from the booster, never stored
+    loaded.tree_shap = "lightgbm"
+    np.testing.assert_array_equal(loaded.contributions(test_rows).to_numpy(), exact)
+    loaded.tree_shap = "treeshap"
+    with pytest.raises(ValueError, match=r"tree_shap='treeshap' is unknown; use one of "
+                                         r"\('table', 'lightgbm'\)"):
+        loaded.contributions(test_rows.head(1))
+
+
 def test_retraining_with_the_same_seed_is_identical(data, model, test_rows):
     # ... also with a progress callback, which sees every boosting round and changes nothing.
     ff, split, _ = data
