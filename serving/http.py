@@ -8,7 +8,8 @@ import os
 from http import HTTPStatus
 
 ENV_API_KEY = "CHURNLENS_API_KEY"
-OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
+# "/" is the workspace page: it holds no data and asks for the key itself.
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/"})
 
 
 class HttpGuard:

@@ -56,6 +56,7 @@ from churnlens.serving.schemas import (
     WhatIf,
     WhatIfRequest,
 )
+from churnlens.serving.workspace_app import workspace_app
 from churnlens.settings import ServingSettings
 
 ENV_MODEL_URI = "CHURNLENS_MODEL_URI"
@@ -250,3 +251,5 @@ def _read_snapshot(path: str | None, model) -> pd.DataFrame:
 
 
 ChurnService.add_asgi_middleware(HttpGuard)
+# The customer-success workspace: the page at / and its GET /workspace/* endpoints.
+ChurnService.mount_asgi_app(workspace_app(), path="/", name="workspace")

@@ -1,0 +1,247 @@
+"""The customer-success workspace's data: every snapshot account scored once, then queried.
+
+`Workspace` scores the service's whole snapshot at start-up (probability, tier, survival,
+expected LTV, without drivers) and keeps the columns the at-risk list shows as numpy arrays,
+with each sort order and the sorted ids computed once. A filtered, sorted page is then a
+boolean mask and an index gather over those arrays (a few milliseconds for a million
+accounts; benchmarks/workspace.py), never a pandas sort per request. Drivers are scored
+only for the rows a page or a download shows (`main_drivers`). The HTTP side is
+`churnlens.serving.workspace_app`.
+
+Revenue at risk is the batch summary's (`churnlens.serving.stats.annual_revenue`): churn
+probability x annual revenue (MRR x 12, else the expected revenue over the LTV horizon,
+annualised).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from churnlens.serving.core import Prepared, score_arrays, score_columns
+from churnlens.serving.stats import annual_revenue
+from churnlens.training.bundle import ChurnModel
+from churnlens.training.drivers import TIER_NAMES
+
+SORTS = {  # sort key -> descending?
+    "revenue_at_risk": True, "churn_probability": True, "expected_ltv": True,
+    "days_to_renewal": False, "customer_id": False,
+}
+DEFAULT_SORT = "revenue_at_risk"
+MONTHS_SHOWN = 12  # renewal months in the chart; later renewals are summed in one bar
+CURVE_DAYS = np.arange(0, 366, 7, dtype=float)  # the account page's survival curve
+# Driver groups a customer-success team can move (the what-if panel offers their features);
+# contract terms, tenure, revenue and static attributes are not theirs to change.
+EDITABLE_GROUPS = ("onboarding", "usage", "support", "billing", "sentiment")
+
+
+class QueryError(ValueError):
+    """A list query the workspace cannot answer; the message leads with the parameter."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which accounts the list shows: every given condition must hold.
+
+    tiers: risk tiers allowed (empty: any); attributes: category feature -> level (the
+    lifecycle stage is one); renewal_within: days to renewal at most this; id_prefix: the
+    customer id starts with it.
+    """
+
+    tiers: tuple[str, ...] = ()
+    attributes: dict[str, str] = field(default_factory=dict)
+    renewal_within: int | None = None
+    id_prefix: str | None = None
+
+    def empty(self) -> bool:
+        return not (self.tiers or self.attributes or self.renewal_within is not None
+                    or self.id_prefix)
+
+
+class Workspace:
+    """The snapshot's accounts as arrays, ready for filtered, sorted pages.
+
+    model: the served ChurnModel; rows: the service's prepared snapshot. Scoring the
+    snapshot takes a few seconds per million accounts; construct once per process.
+    """
+
+    def __init__(self, model: ChurnModel, rows: Prepared) -> None:
+        self.model = model
+        self.rows = rows
+        frame = rows.frame
+        self.n = len(frame)
+        self.ids = frame["customer_id"].to_numpy(dtype=object)
+        self.as_of = pd.Timestamp(frame["cutoff"].max()).normalize()
+        scores = score_arrays(model, rows)
+        self.prob = np.asarray(scores["churn_probability"], dtype=float)
+        self.tier = pd.Categorical(scores["risk_tier"],
+                                   categories=TIER_NAMES.tolist()).codes.astype(np.int8)
+        self.ltv = np.asarray(scores["expected_ltv"], dtype=float)
+        self.remaining = np.asarray(scores["expected_remaining_days"], dtype=float)
+        records = pa.table({"customer_id": pa.array(self.ids.astype(str)),
+                            "expected_ltv": pa.array(self.ltv)})
+        self.revenue, _ = annual_revenue(frame, records, model.ltv.horizon_days)
+        self.at_risk = self.prob * self.revenue
+        self.renewal = (frame["days_to_renewal"].to_numpy(dtype=float)
+                        if "days_to_renewal" in frame.columns else np.full(self.n, np.nan))
+        self.categories = {f.name: _codes(frame[f.name]) for f in model.features
+                           if f.kind == "category" and f.name in frame.columns}
+        self.month, self.month_labels = _renewal_months(self.as_of, self.renewal)
+        self.orders = {key: _order(self._sort_values(key), desc) for key, desc in SORTS.items()}
+        self.id_order = np.argsort(self.ids.astype(str), kind="stable")
+        self.sorted_ids = self.ids.astype(str)[self.id_order]
+        self.position = {cid: i for i, cid in enumerate(self.ids)}
+
+    def _sort_values(self, key: str) -> np.ndarray:
+        if key == "customer_id":
+            return self.ids.astype(str)
+        return {"revenue_at_risk": self.at_risk, "churn_probability": self.prob,
+                "expected_ltv": self.ltv, "days_to_renewal": self.renewal}[key]
+
+    def levels(self) -> dict[str, list[str]]:
+        """Each category attribute's levels, as the filters offer them."""
+        return {name: list(levels) for name, (_, levels) in self.categories.items()}
+
+    def mask(self, filters: Filters) -> np.ndarray | None:
+        """Which accounts pass FILTERS (None: all). Raises QueryError on an unknown tier,
+        attribute or level, or a negative renewal window."""
+        if filters.empty():
+            return None
+        keep = np.ones(self.n, dtype=bool)
+        if filters.tiers:
+            unknown = [t for t in filters.tiers if t not in TIER_NAMES]
+            if unknown:
+                raise QueryError(f"tier: {unknown} not a risk tier; use {TIER_NAMES.tolist()}")
+            codes = [TIER_NAMES.tolist().index(t) for t in filters.tiers]
+            keep &= np.isin(self.tier, codes)
+        for name, level in filters.attributes.items():
+            if name not in self.categories:
+                raise QueryError(f"{name}: not a category attribute of this model; use one "
+                                 f"of {sorted(self.categories)}")
+            codes, levels = self.categories[name]
+            if level not in levels:
+                raise QueryError(f"{name}: {level!r} is not a level in the snapshot; use one "
+                                 f"of {list(levels)}")
+            keep &= codes == levels.index(level)
+        if filters.renewal_within is not None:
+            if filters.renewal_within < 0:
+                raise QueryError(f"renewal_within: must be 0 or more days, got "
+                                 f"{filters.renewal_within}")
+            keep &= self.renewal <= filters.renewal_within  # NaN (no renewal) is False
+        if filters.id_prefix:
+            keep &= self._prefix_mask(filters.id_prefix)
+        return keep
+
+    def _prefix_mask(self, prefix: str) -> np.ndarray:
+        """Accounts whose id starts with PREFIX, by binary search over the sorted ids."""
+        lo = np.searchsorted(self.sorted_ids, prefix, side="left")
+        hi = np.searchsorted(self.sorted_ids, prefix + "\U0010ffff", side="left")
+        out = np.zeros(self.n, dtype=bool)
+        out[self.id_order[lo:hi]] = True
+        return out
+
+    def select(self, keep: np.ndarray | None, sort: str = DEFAULT_SORT) -> np.ndarray:
+        """Positions of the accounts in KEEP (None: all), in SORT's order."""
+        if sort not in SORTS:
+            raise QueryError(f"sort: {sort!r} is not a sort key; use one of {list(SORTS)}")
+        order = self.orders[sort]
+        return order if keep is None else order[keep[order]]
+
+    def list_rows(self, positions: np.ndarray) -> list[dict]:
+        """The at-risk list's columns for POSITIONS, with each account's main driver."""
+        drivers = self.main_drivers(positions)
+        stage = self.categories.get("lifecycle_stage")
+        return [{
+            "customer_id": str(self.ids[i]),
+            "churn_probability": float(self.prob[i]),
+            "risk_tier": str(TIER_NAMES[self.tier[i]]),
+            "lifecycle_stage": _level(stage, i),
+            "days_to_renewal": _number(self.renewal[i]),
+            "expected_ltv": _number(self.ltv[i]),
+            "annual_revenue": _number(self.revenue[i]),
+            "revenue_at_risk": _number(self.at_risk[i]),
+            "main_driver": d["text"] if d else None,
+            "playbook": d["playbook"] if d else None,
+        } for i, d in zip(positions.tolist(), drivers, strict=True)]
+
+    def main_drivers(self, positions: np.ndarray) -> list[dict | None]:
+        """Each account's strongest driver (None when nothing raises its risk)."""
+        if len(positions) == 0:
+            return []
+        scored = score_columns(self.model, self.rows.take(positions), with_drivers=True,
+                               num_threads=1 if len(positions) < 256 else None)
+        return [d[0] if d else None for d in scored.drivers]
+
+    def summary(self, keep: np.ndarray | None) -> dict:
+        """Revenue at risk by renewal month and the tier mix, over the accounts in KEEP."""
+        sel = slice(None) if keep is None else keep
+        at_risk = np.nan_to_num(self.at_risk[sel])
+        month, tier = self.month[sel], self.tier[sel]
+        buckets = len(self.month_labels)
+        known = month >= 0
+        by_month = np.bincount(month[known], weights=at_risk[known], minlength=buckets)
+        counts = np.bincount(tier, minlength=len(TIER_NAMES))
+        risk = np.bincount(tier, weights=at_risk, minlength=len(TIER_NAMES))
+        return {
+            "customers": int(tier.size),
+            "revenue_at_risk": float(at_risk.sum()),
+            "by_renewal_month": [{"month": m, "revenue_at_risk": float(v)}
+                                 for m, v in zip(self.month_labels, by_month, strict=True)],
+            "no_renewal_date": {"customers": int((~known).sum()),
+                                "revenue_at_risk": float(at_risk[~known].sum())},
+            "tiers": [{"tier": str(t), "customers": int(c), "revenue_at_risk": float(r)}
+                      for t, c, r in zip(TIER_NAMES, counts, risk, strict=True)],
+        }
+
+    def curve(self, position: int) -> list[dict]:
+        """The account's survival curve: P(still a customer) every week for a year."""
+        surv, _ = self.model.survival.survival_and_remaining(
+            self.rows.survival[[position]], CURVE_DAYS)
+        return [{"day": int(d), "survival": float(s)} for d, s in zip(CURVE_DAYS, surv[0],
+                                                                      strict=True)]
+
+    def editable(self) -> list[str]:
+        """Features the what-if panel offers: numeric ones of the groups CS can move."""
+        return [f.name for f in self.model.features
+                if f.kind == "numeric" and f.group in EDITABLE_GROUPS]
+
+
+def _codes(column: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (-1: missing) and sorted levels of a category column."""
+    values = column.astype("string")
+    levels = sorted(values.dropna().unique().tolist())
+    codes = pd.Categorical(values, categories=levels).codes.astype(np.int32)
+    return codes, levels
+
+
+def _level(category: tuple[np.ndarray, list[str]] | None, i: int) -> str | None:
+    if category is None or category[0][i] < 0:
+        return None
+    return category[1][category[0][i]]
+
+
+def _number(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _order(values: np.ndarray, descending: bool) -> np.ndarray:
+    """Positions sorted by VALUES (missing last), ties in snapshot order."""
+    if values.dtype.kind in "US":
+        return np.argsort(values, kind="stable")
+    key = -values if descending else values
+    return np.argsort(np.where(np.isnan(key), np.inf, key), kind="stable")
+
+
+def _renewal_months(as_of: pd.Timestamp, days: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each account's renewal month as an index into the labels (-1: no renewal date): the
+    MONTHS_SHOWN months from AS_OF's, then one "later" bucket."""
+    start = as_of.year * 12 + as_of.month - 1
+    known = ~np.isnan(days)
+    dates = as_of + pd.to_timedelta(np.where(known, days, 0), unit="D")
+    index = (dates.year.to_numpy() * 12 + dates.month.to_numpy() - 1) - start
+    index = np.clip(index, 0, MONTHS_SHOWN)
+    labels = [f"{(start + k) // 12}-{(start + k) % 12 + 1:02d}" for k in range(MONTHS_SHOWN)]
+    return np.where(known, index, -1).astype(np.int32), [*labels, "later"]
