@@ -39,6 +39,28 @@ class SettingsError(ValueError):
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _to_the_letter(cls, value, info):
+        # pydantic reads true as 1 and "90" as 90; YAML reads yes/no/on/off as booleans. No
+        # setting is a boolean, and a quoted number is text: refuse both rather than guess.
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(item, bool) for item in items):
+            raise ValueError("a boolean (YAML reads true/false/yes/no/on/off as one) is not a "
+                             "valid value here; write the number or quote the text")
+        if cls.model_fields[info.field_name].annotation in (int, float) \
+                and isinstance(value, str) and _is_number(value):
+            raise ValueError("a quoted number is text; write the number without quotes")
+        return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
 
 class DataSettings(_Frozen):
     source: Path = Path("data/sample")
@@ -204,6 +226,31 @@ class Settings(_Frozen):
     batch: BatchSettings = BatchSettings()
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping in the settings file names one key twice."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice (PyYAML silently keeps the last)."""
+
+
+def _mapping_once(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _value in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(f"key {key!r} appears twice (lines {seen[key]} and {line}); "
+                                "keep one of them")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
 def parse_settings(raw: dict, origin: str = "params.yaml") -> Settings:
     """Validate a dict shaped like params.yaml.
 
@@ -231,7 +278,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
     path: the file to read. None: `params.yaml` in the working directory when there is one,
     else the built-in defaults (the shipped template's values). Raises SettingsError when an
-    explicit path does not exist, is not YAML or not a mapping, or holds a bad setting.
+    explicit path does not exist, is not YAML or not a mapping, names a key twice, or holds a
+    bad setting (a boolean or quoted text where a number belongs is one).
     """
     if path is None:
         if not Path(TEMPLATE_NAME).is_file():
@@ -242,7 +290,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise SettingsError(f"settings file {path} not found; pass --params PATH, or write one "
                             "with `churnlens init`")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as exc:
+        raise SettingsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         # One line: PyYAML's own message spans four, with context marks.
         mark = getattr(exc, "problem_mark", None)

@@ -74,6 +74,7 @@ def features(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out} is a folder; pass the parquet file to write")
     settings = settings_of(args)
     from churnlens.features.build import build_snapshot, build_training_set
+    from churnlens.features.extent import check_as_of
     from churnlens.features.loading import load_source
 
     source = args.source or settings.data.source
@@ -81,9 +82,10 @@ def features(args: argparse.Namespace) -> None:
         raise UsageError(f"data source {source} not found: write sample data with `churnlens "
                          "sample-data`, or set data.source in params.yaml (or pass --source)")
     ds = load_source(source, settings.data.observed_until, horizon_days=settings.horizon_days,
-                     activity=settings.churn.activity)
+                     activity=settings.churn.activity,
+                     value_event=settings.features.value_event)
     if args.as_of:
-        _check_inside(ds, args.as_of)
+        check_as_of(ds, args.as_of)
     for line in ds.report.lines():
         say(line)
     work = Path(settings.paths.work_dir)
@@ -106,24 +108,6 @@ def features(args: argparse.Namespace) -> None:
         say(f"note: {note}")
     _write_parquet(ff.frame, out)
     say(f"wrote {what} to {out} in {time.perf_counter() - t0:.1f} s")
-
-
-def _check_inside(ds, as_of: str) -> None:
-    """A snapshot date must lie after the first signup (no one is a customer before it) and
-    at most at the end of the observed data; name that range rather than fail inside a query."""
-    import pandas as pd
-
-    # fetchall: a half-fetched result (fetchone) blocks the connection for the next query.
-    first = ds.con.execute("SELECT min(signed_up_at) FROM customers").fetchall()[0][0]
-    end = ds.observed_until
-    day = pd.Timestamp(as_of)
-    if first is None:
-        raise UsageError("the data source holds no customer")
-    first = pd.Timestamp(first).tz_localize(None) if pd.Timestamp(first).tz else pd.Timestamp(first)
-    if day <= first or day > end:
-        raise UsageError(f"--as-of {as_of} is outside the data, which run from the first signup "
-                         f"on {first:%Y-%m-%d} to {end:%Y-%m-%d}: pick a date after "
-                         f"{first:%Y-%m-%d} and at most {end:%Y-%m-%d}")
 
 
 def _write_parquet(frame, out: Path) -> None:

@@ -186,7 +186,8 @@ def train(settings: Settings, source=None, promote: str = "auto",
     with quiet_third_party():
         with stages("load") as stage:
             ds = load_source(source, settings.data.observed_until,
-                             horizon_days=settings.horizon_days, activity=settings.churn.activity)
+                             horizon_days=settings.horizon_days, activity=settings.churn.activity,
+                             value_event=settings.features.value_event)
             customers = ds.report.rows_kept.get("customers", 0)
             stage.detail = (f"{customers:,} customers from {source}, observed until "
                             f"{ds.observed_until.date()}")
@@ -194,7 +195,7 @@ def train(settings: Settings, source=None, promote: str = "auto",
             ff = build_training_set(ds, settings)
             stage.detail = (f"{len(ff.frame):,} (customer, cutoff) rows over "
                             f"{ff.frame['cutoff'].nunique()} cutoffs, {len(ff.features)} features")
-        for note in [*ds.report.shape, *ff.notes]:
+        for note in [*ds.report.brief(), *ff.notes]:
             log(f"  note: {note}")
         with stages("split") as stage:
             split = temporal_split(ff.frame, settings.horizon_days, settings.training)

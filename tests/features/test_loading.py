@@ -178,9 +178,14 @@ def test_rows_at_or_after_observed_until_are_set_aside():
         "quantity": [1.0, 1.0, 1.0],
     })], ignore_index=True)
     ds = load_source(frames, observed_until="2024-02-01")
-    reason = "recorded at or after observed_until 2024-02-01"
     # events: c3 on 2024-02-02 and the two new rows at/after the cutoff; customers: c3
-    assert ds.report.set_aside == {"customers": {reason: 1}, "events": {reason: 3}}
+    events_reason = ("occurred_at at or after data.observed_until 2024-02-01 (e.g. values "
+                     "'2024-02-01 00:00:00', '2024-02-02 00:00:00', '2024-03-05 00:00:00'; "
+                     "customers 'c2', 'c3')")
+    customers_reason = ("signed_up_at at or after data.observed_until 2024-02-01 (e.g. values "
+                        "'2024-02-01 00:00:00'; customers 'c3')")
+    assert ds.report.set_aside == {"customers": {customers_reason: 1},
+                                   "events": {events_reason: 3}}
     assert ds.report.rows_read["events"] == 6
     assert ds.report.rows_kept["events"] == 3
     assert ds.report.rows_kept["customers"] == 2
@@ -190,9 +195,9 @@ def test_rows_at_or_after_observed_until_are_set_aside():
     assert rows(ds, "SELECT count(*) FROM customers") == [(2,)]
     assert ds.observed_until == pd.Timestamp("2024-02-01")
     lines = ds.report.lines()
-    assert f"    set aside 3 rows: {reason}" in lines
-    assert f"    set aside 1 rows: {reason}" in lines
-    assert lines[0].endswith("observed until 2024-02-01")
+    assert f"    set aside 3 rows: {events_reason}" in lines
+    assert f"    set aside 1 rows: {customers_reason}" in lines
+    assert lines[0].endswith("observed until 2024-02-01 (data.observed_until)")
 
 
 def test_observed_until_is_a_date():

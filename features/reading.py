@@ -1,0 +1,203 @@
+"""Find the contract tables in a data source and open them raw, as a person would name them.
+
+A folder's files and a database's tables are matched to the contract tables by name: the
+exact name first, else a name that differs only in case or surrounding spaces
+(``Tickets.parquet`` is tickets), said so in the load report; two such near misses for one
+table are refused with both named. Columns are matched the same way (``Ended_At`` is
+ended_at). Everything in the source that is not read is listed in the report with why.
+
+A file that cannot be read (empty, truncated, not the format its name says, not UTF-8)
+raises `DataError` naming the file and the likely cause. Paths and names only ever reach
+SQL as quoted literals or identifiers (`sql_string`, `quote_ident`), never as SQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from churnlens.features.contract import TABLES
+from churnlens.features.known import sql_string
+from churnlens.features.report import LoadReport
+
+FILE_KINDS = (".parquet", ".csv")  # in order of preference for one table
+DATABASE_KINDS = (".duckdb", ".db")
+
+
+class DataError(ValueError):
+    """The input data break the contract; the message says where and how to fix it."""
+
+
+def quote_ident(name: str) -> str:
+    """NAME as a quoted SQL identifier (a double quote inside is doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def normalised(name: str) -> str:
+    """How a person compares names: without surrounding spaces, in any case."""
+    return name.strip().lower()
+
+
+def match_name(wanted: str, available: list[str], what: str) -> tuple[str | None, bool]:
+    """The one of AVAILABLE that names WANTED: (name, True when only a near miss).
+
+    Exact first; else the single name equal to WANTED but for case and surrounding spaces.
+    Raises DataError naming them when several near misses qualify. WHAT names the place in
+    the message (e.g. "table events: columns").
+    """
+    if wanted in available:
+        return wanted, False
+    near = [name for name in available if normalised(name) == wanted]
+    if len(near) > 1:
+        raise DataError(f"{what} {', '.join(repr(n) for n in near)} all differ from {wanted} "
+                        "only in case or spaces; rename the one to use to "
+                        f"{wanted} (or remove the others)")
+    return (near[0], True) if near else (None, False)
+
+
+def register_raw(con: duckdb.DuckDBPyConnection, source, report: LoadReport) -> dict[str, str]:
+    """Create a view raw_NAME for each contract table found in SOURCE.
+
+    Returns {table: where it was read (a file, a database table, "frame NAME")}.
+    SOURCE: {name: DataFrame}, a folder of NAME.parquet / NAME.csv, or a .duckdb file.
+    Fills REPORT.unread (what was not read) and REPORT.renamed (near-miss names used).
+    Raises DataError for a missing source, an unreadable file or ambiguous names.
+    """
+    if isinstance(source, dict):
+        found = {}
+        for name, frame in source.items():
+            if name in TABLES and frame is not None:
+                con.register(f"src_{name}", frame)
+                found[name] = f"frame {name!r}"
+        report.unread += [f"frame {name!r} (not a contract table)" for name in source
+                          if name not in TABLES]
+    else:
+        path = Path(source)
+        if path.is_file() and path.suffix.lower() in DATABASE_KINDS:
+            found = _register_database(con, path, report)
+        elif path.is_dir():
+            found = _register_folder(con, path, report)
+        else:
+            raise DataError(
+                f"data source {path} not found: give a folder of NAME.parquet / NAME.csv files "
+                "or a .duckdb file (set data.source in params.yaml, or run `churnlens "
+                "sample-data`)")
+    for name in found:
+        _name_columns(con, name, report)
+    return found
+
+
+def _register_folder(con, folder: Path, report: LoadReport) -> dict[str, str]:
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in FILE_KINDS]
+    found, used = {}, set()
+    for name in TABLES:
+        candidates = [p for p in files if normalised(p.stem) == name]
+        if not candidates:
+            continue
+        # The exact name first, parquet before csv; a near miss only when no exact one.
+        exact = [p for p in candidates if p.stem == name and p.suffix == p.suffix.lower()]
+        pool = exact or candidates
+        best_kind = min(FILE_KINDS.index(p.suffix.lower()) for p in pool)
+        best = [p for p in pool if FILE_KINDS.index(p.suffix.lower()) == best_kind]
+        if len(best) > 1:
+            raise DataError(f"files {', '.join(p.name for p in best)} in {folder} all name "
+                            f"table {name} (they differ only in case or spaces); keep one")
+        chosen = best[0]
+        _read_file(con, name, chosen)
+        used.add(chosen)
+        found[name] = str(chosen)
+        if chosen not in exact:
+            report.renamed.setdefault(name, []).append(
+                f"read from {chosen.name} (its name differs from {name} only in case or "
+                "spaces)")
+        report.unread += [f"{p.name} ({name} was read from {chosen.name})"
+                          for p in candidates if p != chosen]
+        used.update(candidates)
+    for entry in entries:
+        if entry in used:
+            continue
+        why = ("a folder" if entry.is_dir() else "not a contract table" if entry in files
+               else "not a .parquet or .csv file")
+        report.unread.append(f"{entry.name} ({why})")
+    return found
+
+
+def _read_file(con, name: str, path: Path) -> None:
+    """The view src_NAME over PATH; DataError naming the file when it cannot be read."""
+    if path.stat().st_size == 0:
+        raise DataError(f"file {path} is empty (0 bytes): it was probably cut off while being "
+                        f"written or copied; export table {name} again")
+    literal = sql_string(str(path))
+    try:
+        if path.suffix.lower() == ".parquet":
+            con.execute(f"CREATE VIEW src_{name} AS SELECT * FROM read_parquet({literal})")
+        else:
+            # CSV is parsed once into a table: re-parsing it for every query would be slow.
+            con.execute(f"CREATE TABLE src_{name} AS SELECT * FROM "
+                        f"read_csv({literal}, all_varchar = true)")
+    except duckdb.Error as exc:
+        raise unreadable(path, exc) from None
+
+
+def unreadable(path: Path | str, exc: duckdb.Error) -> DataError:
+    """The DataError for a file DuckDB could not read: the file, the likely cause, the fix."""
+    detail = str(exc).splitlines()[0]
+    text = str(exc).lower()
+    if "unicode" in text or "utf-8" in text or "utf8" in text:
+        cause = "it is not UTF-8 text; save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+    elif str(path).lower().endswith(".csv"):
+        cause = "it is not a well-formed CSV file; check its quoting and delimiters"
+    else:
+        cause = ("it is truncated or not a parquet file (e.g. cut off while being copied); "
+                 "export it again")
+    return DataError(f"file {path} cannot be read: {cause} (DuckDB: {detail})")
+
+
+def _register_database(con, path: Path, report: LoadReport) -> dict[str, str]:
+    if path.stat().st_size == 0:
+        raise DataError(f"database file {path} is empty (0 bytes): it was probably cut off "
+                        "while being written or copied; export it again")
+    try:
+        con.execute(f"ATTACH {sql_string(str(path))} AS src (READ_ONLY)")
+    except duckdb.Error as exc:
+        raise DataError(f"file {path} cannot be opened as a DuckDB database: it is truncated, "
+                        f"from another program or another DuckDB version; export it again "
+                        f"(DuckDB: {str(exc).splitlines()[0]})") from None
+    present = con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_catalog = 'src' ORDER BY table_schema, table_name").fetchall()
+    names = [table for _schema, table in present]
+    schema_of = dict((table, schema) for schema, table in present)
+    found, used = {}, set()
+    for name in TABLES:
+        table, near = match_name(name, names, f"database {path}: tables")
+        if table is None:
+            continue
+        con.execute(f"CREATE VIEW src_{name} AS SELECT * FROM src.{quote_ident(schema_of[table])}"
+                    f".{quote_ident(table)}")
+        found[name] = f"table {table!r} of {path}"
+        used.add(table)
+        if near:
+            report.renamed.setdefault(name, []).append(
+                f"read from database table {table!r} (its name differs from {name} only in "
+                "case or spaces)")
+    report.unread += [f"database table {t!r} (not a contract table)" for t in names
+                      if t not in used]
+    return found
+
+
+def _name_columns(con, name: str, report: LoadReport) -> None:
+    """The view raw_NAME over src_NAME with near-miss column names read as the contract's."""
+    columns = [row[0] for row in con.execute(f"DESCRIBE src_{name}").fetchall()]
+    renames = []
+    for column in TABLES[name].columns:
+        actual, near = match_name(column.name, columns, f"table {name}: columns")
+        if near:
+            renames.append(f"{quote_ident(actual)} AS {quote_ident(column.name)}")
+            report.renamed.setdefault(name, []).append(
+                f"read column {actual!r} as {column.name} (the names differ only in case or "
+                "spaces)")
+    rename = f" RENAME ({', '.join(renames)})" if renames else ""
+    con.execute(f"CREATE VIEW raw_{name} AS SELECT *{rename} FROM src_{name}")
