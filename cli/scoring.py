@@ -47,6 +47,10 @@ def add_commands(sub, parents) -> None:
                    help="where the job runs")
     p.add_argument("--master", metavar="URL", help="Spark master URL, with --engine spark (default: local "
                                     "mode on 127.0.0.1)")
+    p.add_argument("--notify", type=_webhook, metavar="URL",
+                   help="after the batch, POST the accounts that moved into high or critical "
+                        "risk since the previous score file of the model in --out's folder "
+                        "(Slack-compatible JSON); retried, never fails the batch")
     p.set_defaults(run=score)
 
     p = add_command(sub, "serve", "serve scores over HTTP for customer-success tools",
@@ -94,6 +98,16 @@ def score(args: argparse.Namespace) -> None:
     warning = drift_warning(r.drift)
     if warning:
         print(f"churnlens score: warning: {warning}", file=sys.stderr, flush=True)
+    if args.notify:
+        from churnlens.serving.notify import notify_batch
+
+        notify_batch(r.out, args.notify, log=say)
+
+
+def _webhook(text: str) -> str:
+    from churnlens.serving.notify import webhook_url
+
+    return webhook_url(text)
 
 
 def serve(args: argparse.Namespace) -> None:
