@@ -103,6 +103,21 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     for feature in features:
         if feature.kind == "numeric":
             frame[feature.name] = frame[feature.name].astype("float64")
+    return _sorted_categories(frame)
+
+
+def _sorted_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """FRAME with every category column's levels in sorted order, in place.
+
+    Arrow's dictionaries list the levels in the order the (parallel) query met them, which
+    changes from run to run; sorted, the same data give the same frame and the same file.
+    """
+    for name in frame.columns:
+        column = frame[name]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            levels = column.cat.categories
+            if not levels.is_monotonic_increasing:
+                frame[name] = column.cat.reorder_categories(levels.sort_values())
     return frame
 
 

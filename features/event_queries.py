@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import duckdb
 
+from churnlens.features.exact_sums import exact_sum
 from churnlens.features.known import days_between, latest_before, sql_string, utc_day, visible
 from churnlens.settings import FeatureSettings
 
@@ -26,7 +27,7 @@ def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str
     type{i}_quantity, its quantity that day, and type{i}_total, its running total up to and
     including that day.
     """
-    per_type = "".join(f",\n sum(quantity) FILTER (WHERE event = {sql_string(t)}) "
+    per_type = "".join(f",\n {exact_sum('quantity', f'event = {sql_string(t)}')} "
                        f"AS type{i}_quantity" for i, t in enumerate(event_types))
     running = "".join(f", sum(coalesce(type{i}_quantity, 0)) OVER (PARTITION BY customer_id "
                       f"ORDER BY occurred_at ROWS UNBOUNDED PRECEDING) AS type{i}_total"
@@ -41,9 +42,9 @@ def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str
                    CAST(type_bits.type_index % 64 AS UBIGINT) AS bit
             FROM {events} AS occurrence JOIN type_bits ON type_bits.event = occurrence.event),
         days AS (
-            SELECT customer_id, day AS occurred_at, sum(quantity) AS quantity,
+            SELECT customer_id, day AS occurred_at, {exact_sum('quantity')} AS quantity,
                    bit_or(CAST(1 AS UBIGINT) << bit) AS type_mask,
-                   sum(quantity) FILTER (WHERE event = {sql_string(fs.value_event)})
+                   {exact_sum('quantity', f'event = {sql_string(fs.value_event)}')}
                        AS value_quantity{per_type}
             FROM typed GROUP BY customer_id, day)
         SELECT *{running} FROM days
@@ -62,21 +63,22 @@ def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 
     band = " ".join(f"WHEN occurred_at >= cutoff - INTERVAL {e} DAY THEN {e}" for e in edges)
     types = [f"type{i}" for i in range(event_types)]
     per_band = ", ".join([
-        "sum(quantity) AS quantity", "count(*) AS active_days", "bit_or(type_mask) AS type_mask",
-        "sum(value_quantity) AS value_quantity", *(f"sum({t}_quantity) AS {t}" for t in types)])
+        f"{exact_sum('quantity')} AS quantity", "count(*) AS active_days",
+        "bit_or(type_mask) AS type_mask", f"{exact_sum('value_quantity')} AS value_quantity",
+        *(f"{exact_sum(f'{t}_quantity')} AS {t}" for t in types)])
     prev = "band > 30 AND band <= 60"
     parts = []
     for w in fs.windows:
-        parts += [f"sum(quantity) FILTER (WHERE band <= {w}) AS events_{w}d",
+        parts += [f"{exact_sum('quantity', f'band <= {w}')} AS events_{w}d",
                   f"sum(active_days) FILTER (WHERE band <= {w}) AS active_days_{w}d",
-                  *(f"sum({t}) FILTER (WHERE band <= {w}) AS {t}_{w}d" for t in types)]
+                  *(f"{exact_sum(t, f'band <= {w}')} AS {t}_{w}d" for t in types)]
     parts += [
-        *(f"sum({t}) FILTER (WHERE {prev}) AS {t}_prev_30d" for t in types),
-        f"sum(quantity) FILTER (WHERE {prev}) AS events_prev_30d",
+        *(f"{exact_sum(t, prev)} AS {t}_prev_30d" for t in types),
+        f"{exact_sum('quantity', prev)} AS events_prev_30d",
         f"sum(active_days) FILTER (WHERE {prev}) AS active_days_prev_30d",
         "bit_count(bit_or(type_mask) FILTER (WHERE band <= 30)) AS event_types_30d",
         "bit_count(bit_or(type_mask)) AS event_types_all_windows",
-        "sum(value_quantity) FILTER (WHERE band <= 30) AS value_events_30d",
+        f"{exact_sum('value_quantity', 'band <= 30')} AS value_events_30d",
     ]
     days = visible("events_daily", daily, cutoffs=cutoffs, window_days=edges[-1],
                    extra_columns=[f"{t}_quantity" for t in types])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
+from churnlens.features.exact_sums import exact_sum
 from churnlens.features.relations import LOADED, Sources, from_item, materialise, timestamp_literal
 from churnlens.features.shapes import activity_sql
 from churnlens.features.spine import confirmation_lag_days
@@ -36,6 +37,8 @@ def build_labels(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelation,
     The relation reads a temporary table (`relations.drop` removes it).
     """
     until = timestamp_literal(observed_until)
+    revenue = ("CASE payment.status WHEN 'paid' THEN payment.amount "
+               "WHEN 'refunded' THEN -abs(payment.amount) ELSE 0 END")
     rows = from_item(spine)
     outcome = (_contract_sql if churn.definition == "contract" else _inactivity_sql)(
         rows, from_item(churn_events), churn, horizon_days, until, sources)
@@ -43,8 +46,7 @@ def build_labels(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelation,
         WITH outcome AS ({outcome}),
         revenue AS (
             SELECT spine.customer_id, spine.cutoff,
-                   sum(CASE payment.status WHEN 'paid' THEN payment.amount
-                        WHEN 'refunded' THEN -abs(payment.amount) ELSE 0 END) AS revenue
+                   {exact_sum(revenue)} AS revenue
             FROM {rows} AS spine JOIN {sources.payments} AS payment
               ON payment.customer_id = spine.customer_id AND payment.occurred_at >= spine.cutoff
              AND payment.occurred_at < spine.cutoff + INTERVAL {ltv_horizon_days} DAY

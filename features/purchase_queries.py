@@ -10,6 +10,7 @@ day and `churnlens.features.known.latest_before`, so the cost is linear in the d
 
 from __future__ import annotations
 
+from churnlens.features.exact_sums import exact_sum
 from churnlens.features.known import days_between, latest_before, utc_day, visible
 
 # Payment windows: the longest window read, in days.
@@ -31,10 +32,10 @@ def payment_sql(payments: str, cutoffs: str) -> str:
             count(*) FILTER (WHERE status = 'failed' AND {within(90)}) AS failed_payments_90d,
             count(*) FILTER (WHERE status = 'failed' AND {within(30)}) AS failed_payments_30d,
             count(*) FILTER (WHERE status = 'refunded' AND {within(90)}) AS refunds_90d,
-            sum(amount) FILTER (WHERE status = 'paid' AND {within(90)}) AS paid_amount_90d,
-            sum(amount) FILTER (WHERE status = 'paid' AND {before_last_90})
+            {exact_sum('amount', f"status = 'paid' AND {within(90)}")} AS paid_amount_90d,
+            {exact_sum('amount', f"status = 'paid' AND {before_last_90}")}
                 AS paid_amount_prev_90d,
-            sum(amount) FILTER (WHERE status = 'paid') AS paid_amount_365d
+            {exact_sum('amount', "status = 'paid'")} AS paid_amount_365d
         FROM ({visible('payments', payments, cutoffs=cutoffs, window_days=_PAYMENT_SPAN)})
             AS payment
         GROUP BY customer_id, cutoff
@@ -54,7 +55,7 @@ def purchase_history_sql(payments: str, cutoffs: str) -> str:
     # invoice) give a spread of 0 instead of the rounding left by a sum of squares.
     rows = f"""
         WITH purchase_days AS (
-            SELECT customer_id, day, sum(amount) AS order_value
+            SELECT customer_id, day, {exact_sum('amount')} AS order_value
             FROM (SELECT customer_id, {utc_day('occurred_at')} AS day, amount
                   FROM {payments} AS payment WHERE status = 'paid') AS paid
             GROUP BY customer_id, day),

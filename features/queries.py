@@ -19,6 +19,7 @@ from churnlens.features.event_queries import (
     recency_sql,
     usage_sql,
 )
+from churnlens.features.exact_sums import exact_sum
 from churnlens.features.known import days_between, visible
 from churnlens.features.purchase_queries import payment_sql, purchase_history_sql
 from churnlens.features.relations import LOADED, Sources
@@ -69,16 +70,19 @@ def _subscription_sql(subscriptions: str, spine: str) -> str:
 
 def _ticket_sql(tickets: str, spine: str) -> str:
     recent = "opened_at >= cutoff - INTERVAL 90 DAY"
+    recent_180 = "opened_at >= cutoff - INTERVAL 180 DAY"
+    closed_180 = f"closed_at IS NOT NULL AND {recent_180}"
+    # Whole seconds and exact sums: averages that do not depend on the order of the rows.
     return f"""
         SELECT customer_id, cutoff,
             count(*) FILTER (WHERE {recent}) AS tickets_opened_90d,
             count(*) FILTER (WHERE {recent} AND priority = 'high') AS tickets_high_90d,
             count(*) FILTER (WHERE closed_at IS NULL) AS tickets_open,
             count(*) FILTER (WHERE closed_at IS NULL AND priority = 'high') AS tickets_high_open,
-            avg({days_between('opened_at', 'closed_at')}) FILTER (
-                WHERE closed_at IS NOT NULL AND opened_at >= cutoff - INTERVAL 180 DAY)
-                AS days_to_close_180d,
-            avg(csat) FILTER (WHERE opened_at >= cutoff - INTERVAL 180 DAY) AS csat_180d
+            {exact_sum("date_diff('second', opened_at, closed_at)", closed_180)}
+                / count(*) FILTER (WHERE {closed_180}) / 86400.0 AS days_to_close_180d,
+            {exact_sum('csat', recent_180)}
+                / count(csat) FILTER (WHERE {recent_180}) AS csat_180d
         FROM ({visible('tickets', tickets, spine=spine)}) AS ticket GROUP BY customer_id, cutoff
     """
 
