@@ -32,6 +32,7 @@ SORTS = {  # sort key -> descending?
 }
 DEFAULT_SORT = "revenue_at_risk"
 MONTHS_SHOWN = 12  # renewal months in the chart; later renewals are summed in one bar
+SCORE_CHUNK = 50_000  # rows scored at once at start-up (bounds the survival model's memory)
 CURVE_DAYS = np.arange(0, 366, 7, dtype=float)  # the account page's survival curve
 # Driver groups a customer-success team can move (the what-if panel offers their features);
 # contract terms, tenure, revenue and static attributes are not theirs to change.
@@ -75,7 +76,7 @@ class Workspace:
         self.n = len(frame)
         self.ids = frame["customer_id"].to_numpy(dtype=object)
         self.as_of = pd.Timestamp(frame["cutoff"].max()).normalize()
-        scores = score_arrays(model, rows)
+        scores = _score_all(model, rows)
         self.prob = np.asarray(scores["churn_probability"], dtype=float)
         self.tier = pd.Categorical(scores["risk_tier"],
                                    categories=TIER_NAMES.tolist()).codes.astype(np.int8)
@@ -207,6 +208,17 @@ class Workspace:
         """Features the what-if panel offers: numeric ones of the groups CS can move."""
         return [f.name for f in self.model.features
                 if f.kind == "numeric" and f.group in EDITABLE_GROUPS]
+
+
+def _score_all(model: ChurnModel, rows: Prepared) -> dict[str, np.ndarray]:
+    """`score_arrays` of every row, SCORE_CHUNK rows at a time: the discrete-hazard survival
+    model expands each row over its time bins, which for a million rows at once would not
+    fit in memory."""
+    parts = [score_arrays(model, rows.take(np.arange(i, min(i + SCORE_CHUNK, len(rows)))))
+             for i in range(0, len(rows), SCORE_CHUNK)]
+    if not parts:
+        return score_arrays(model, rows)
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, list[str]]:

@@ -1,0 +1,169 @@
+"""The workspace's data and GET endpoints, in process, on the session's trained sample model.
+
+Expected values are computed here with pandas from `score_frame` and the snapshot, apart
+from the numpy paths the workspace takes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from churnlens.serving.core import check_features, prepare, score_frame
+from churnlens.serving.workspace import Filters, QueryError, Workspace
+from churnlens.serving.workspace_app import workspace_app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_env):
+    from churnlens.serving.batch import load_model
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", trained_env.tracking_uri)
+    try:
+        model = load_model(trained_env.model_uri)
+    finally:
+        mp.undo()
+    frame = pd.read_parquet(trained_env.snapshot)
+    frame["customer_id"] = frame["customer_id"].astype(str)
+    rows = prepare(model, check_features(model, frame).reset_index(drop=True))
+    expected = score_frame(model, rows)
+    expected["customer_id"] = rows.frame["customer_id"].to_numpy()
+    revenue = np.where(rows.frame["mrr"].notna(), rows.frame["mrr"] * 12,
+                       expected["expected_ltv"].fillna(0) * 365 / model.ltv.horizon_days)
+    expected["at_risk"] = expected["churn_probability"] * revenue
+    return Workspace(model, rows), rows.frame, expected
+
+
+@pytest.fixture(scope="module")
+def client(loaded):
+    app = workspace_app()
+    app.state.workspace = loaded[0]  # what the lifespan does from the BentoML service
+    return TestClient(app)
+
+
+def _ids(ws: Workspace, filters: Filters, sort: str = "revenue_at_risk") -> list[str]:
+    return [str(ws.ids[i]) for i in ws.select(ws.mask(filters), sort)]
+
+
+def test_default_order_is_revenue_at_risk(loaded):
+    ws, _, expected = loaded
+    want = expected.sort_values("at_risk", ascending=False, kind="stable")
+    assert _ids(ws, Filters()) == want["customer_id"].tolist()
+    np.testing.assert_allclose(ws.at_risk, expected["at_risk"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("sort", ["churn_probability", "expected_ltv", "customer_id"])
+def test_other_sorts(loaded, sort):
+    ws, _, expected = loaded
+    want = expected.sort_values(sort, ascending=sort == "customer_id", kind="stable")
+    assert _ids(ws, Filters(), sort) == want["customer_id"].tolist()
+
+
+def test_filters_select_what_pandas_selects(loaded):
+    ws, frame, expected = loaded
+    at_risk = expected["risk_tier"].isin(["high", "critical"]).to_numpy()
+    segment = frame.loc[at_risk, "segment"].mode()[0]
+    filters = Filters(tiers=("high", "critical"), attributes={"segment": segment},
+                      renewal_within=90)
+    got = set(_ids(ws, filters))
+    want = set(frame.loc[at_risk & (frame["segment"] == segment).to_numpy()
+                         & (frame["days_to_renewal"] <= 90).to_numpy(), "customer_id"])
+    assert got == want and 0 < len(got) < len(frame)
+
+
+def test_search_by_id_prefix(loaded):
+    ws, frame, _ = loaded
+    prefix = frame["customer_id"].iloc[0][:-2]
+    got = _ids(ws, Filters(id_prefix=prefix))
+    assert sorted(got) == sorted(c for c in frame["customer_id"] if c.startswith(prefix))
+    assert _ids(ws, Filters(id_prefix=frame["customer_id"].iloc[5])) == [
+        frame["customer_id"].iloc[5]]
+    assert _ids(ws, Filters(id_prefix="no-such-id")) == []
+
+
+def test_summary_adds_up(loaded):
+    ws, _, expected = loaded
+    s = ws.summary(None)
+    counts = expected["risk_tier"].value_counts()
+    assert {t["tier"]: t["customers"] for t in s["tiers"]} == {
+        t: int(counts.get(t, 0)) for t in ("low", "medium", "high", "critical")}
+    months = sum(m["revenue_at_risk"] for m in s["by_renewal_month"])
+    assert months + s["no_renewal_date"]["revenue_at_risk"] == pytest.approx(
+        expected["at_risk"].sum(), rel=1e-9)
+    assert s["by_renewal_month"][-1]["month"] == "later"
+
+
+@pytest.mark.parametrize(("filters", "match"), [
+    (Filters(tiers=("severe",)), r"tier: \['severe'\] not a risk tier"),
+    (Filters(attributes={"colour": "red"}), "colour: not a category attribute"),
+    (Filters(attributes={"segment": "galactic"}), "segment: 'galactic' is not a level"),
+    (Filters(renewal_within=-1), "renewal_within: must be 0 or more"),
+])
+def test_bad_filters_are_named(loaded, filters, match):
+    with pytest.raises(QueryError, match=match):
+        loaded[0].mask(filters)
+
+
+def test_list_endpoint_pages_and_summarises(client, loaded):
+    ws = loaded[0]
+    first = client.get("/workspace/accounts", params={"tier": "low", "limit": 7}).json()
+    second = client.get("/workspace/accounts",
+                        params={"tier": "low", "limit": 7, "offset": 7}).json()
+    want = _ids(ws, Filters(tiers=("low",)))
+    assert first["total"] == len(want) == first["summary"]["customers"]
+    assert [r["customer_id"] for r in first["rows"] + second["rows"]] == want[:14]
+    row = first["rows"][0]
+    assert set(row) == {"customer_id", "churn_probability", "risk_tier", "lifecycle_stage",
+                        "days_to_renewal", "expected_ltv", "annual_revenue",
+                        "revenue_at_risk", "main_driver", "playbook"}
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"limit": 501}, "limit: must be between 1 and 500"),
+    ({"offset": "x"}, "offset: 'x' is not a whole number"),
+    ({"sort": "mood"}, "sort: 'mood' is not a sort key"),
+    ({"segmnt": "smb"}, "segmnt: unknown parameter"),
+    ({"stage": "teen"}, "lifecycle_stage: 'teen' is not a level"),
+])
+def test_list_endpoint_errors(client, params, match):
+    response = client.get("/workspace/accounts", params=params)
+    assert response.status_code == 400
+    assert re.search(match, response.json()["error"])
+
+
+def test_csv_holds_the_filtered_list(client, loaded):
+    response = client.get("/workspace/accounts.csv", params={"tier": ["high", "critical"]})
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [r["customer_id"] for r in rows] == _ids(loaded[0],
+                                                    Filters(tiers=("high", "critical")))
+
+
+def test_account_endpoint(client, loaded):
+    ws, frame, expected = loaded
+    cid = expected.sort_values("at_risk").iloc[-1]["customer_id"]
+    body = client.get(f"/workspace/account/{cid}").json()
+    assert body["record"]["churn_probability"] == pytest.approx(
+        expected.set_index("customer_id").loc[cid, "churn_probability"], rel=1e-12)
+    curve = [p["survival"] for p in body["curve"]]
+    assert curve[0] == pytest.approx(1.0) and curve == sorted(curve, reverse=True)
+    assert len(body["features"]) == len(ws.model.features)
+    missing = client.get("/workspace/account/nobody")
+    assert missing.status_code == 404 and "nobody" in missing.json()["error"]
+
+
+def test_page_loads_nothing_from_outside(client):
+    response = client.get("/")
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    html = response.text
+    assert "/*WORKSPACE_JS*/" not in html and "function showList" in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
