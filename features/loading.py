@@ -72,7 +72,9 @@ def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
 
 def _check_columns(con, spec: TableSpec, report: LoadReport) -> dict[str, str]:
     """The raw columns of SPEC's table and their DuckDB types; DataError when one is missing."""
-    cols = {r[0]: r[1] for r in con.execute(f"DESCRIBE raw_{spec.name}").fetchall()}
+    # Not DESCRIBE: on a view it shows a column's source spelling, not a case-only rename.
+    cols = {name: str(kind) for name, kind, *_ in con.execute(
+        f"SELECT * FROM raw_{spec.name} LIMIT 0").description}
     missing = [c for c in spec.required if c not in cols]
     if missing:
         raise DataError(

@@ -191,13 +191,20 @@ def _register_database(con, path: Path, report: LoadReport) -> dict[str, str]:
 def _name_columns(con, name: str, report: LoadReport) -> None:
     """The view raw_NAME over src_NAME with near-miss column names read as the contract's."""
     columns = [row[0] for row in con.execute(f"DESCRIBE src_{name}").fetchall()]
-    renames = []
+    final = {column: column for column in columns}
     for column in TABLES[name].columns:
         actual, near = match_name(column.name, columns, f"table {name}: columns")
         if near:
-            renames.append(f"{quote_ident(actual)} AS {quote_ident(column.name)}")
+            final[actual] = column.name
             report.renamed.setdefault(name, []).append(
                 f"read column {actual!r} as {column.name} (the names differ only in case or "
                 "spaces)")
-    rename = f" RENAME ({', '.join(renames)})" if renames else ""
-    con.execute(f"CREATE VIEW raw_{name} AS SELECT *{rename} FROM src_{name}")
+    if all(old == new for old, new in final.items()):
+        con.execute(f"CREATE VIEW raw_{name} AS SELECT * FROM src_{name}")
+        return
+    # DuckDB keeps a column's first spelling when an alias differs from it only in case
+    # (identifiers are case-insensitive), so the names go through positional ones.
+    staged = ", ".join(f"{quote_ident(old)} AS c{i}" for i, old in enumerate(final))
+    named = ", ".join(f"c{i} AS {quote_ident(new)}" for i, new in enumerate(final.values()))
+    con.execute(f"CREATE VIEW raw_{name} AS SELECT {named} FROM (SELECT {staged} "
+                f"FROM src_{name}) AS staged")

@@ -14,7 +14,15 @@ import pytest
 
 from churnlens.features.contract import TABLES, VALUE_RULES
 from churnlens.features.loading import DataError, load_source
-from tests.features.sources import FORMATS, around, located, make_source, rows, tables
+from tests.features.sources import (
+    FORMATS,
+    around,
+    column_types,
+    located,
+    make_source,
+    rows,
+    tables,
+)
 
 # --- columns and types -----------------------------------------------------------------
 
@@ -47,13 +55,38 @@ def test_missing_required_column(table, column):
 
 def test_missing_required_column_in_csv_lists_the_columns_found(tmp_path):
     frames = tables()
-    frames["subscriptions"] = frames["subscriptions"].rename(columns={"mrr": "MRR"})
+    frames["subscriptions"] = frames["subscriptions"].rename(columns={"mrr": "mrr_usd"})
     with pytest.raises(
         DataError,
         match=r"table subscriptions: required column\(s\) mrr missing \(found: customer_id, "
-        r"started_at, MRR, ended_at",
+        r"started_at, mrr_usd, ended_at",
     ):
         load_source(make_source(frames, "csv", tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "duckdb"])
+def test_a_column_named_but_for_case_and_spaces_is_read_and_said_so(tmp_path, fmt):
+    frames = tables()
+    frames["subscriptions"] = frames["subscriptions"].rename(
+        columns={"mrr": "MRR", "ended_at": " Ended_At "})
+    ds = load_source(make_source(frames, fmt, tmp_path))
+    assert list(column_types(ds, "subscriptions"))[:4] == [
+        "customer_id", "started_at", "mrr", "ended_at"]
+    assert rows(ds, "SELECT count(ended_at), sum(mrr) FROM subscriptions") == [(1, 150.0)]
+    # DuckDB's CSV reader trims the spaces of a header itself.
+    ended = "'Ended_At'" if fmt == "csv" else "' Ended_At '"
+    assert ds.report.renamed["subscriptions"] == [
+        "read column 'MRR' as mrr (the names differ only in case or spaces)",
+        f"read column {ended} as ended_at (the names differ only in case or spaces)"]
+
+
+def test_two_near_misses_for_one_column_are_refused_with_both_named():
+    frames = tables()
+    frames["subscriptions"] = frames["subscriptions"].rename(columns={"mrr": " mrr"}).assign(
+        **{"mrr ": [1.0, 2.0]})
+    with pytest.raises(DataError, match=r"^table subscriptions: columns ' mrr', 'mrr ' all "
+                       r"differ from mrr only in case or spaces; rename the one to use"):
+        load_source(frames)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

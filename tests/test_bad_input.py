@@ -1,0 +1,423 @@
+"""Bad input through the CLI, as an operator meets it: one table of (input, exit status,
+message), each input written by the test into a folder of its own from one small sample
+and given to `churnlens` (its entry point, in process; the future-record test runs the
+command as a fresh process).
+
+Expected failures exit 2 with one line naming what is wrong and where; inputs churnlens
+can take (future-dated or suspicious records, near-miss names, unread files) exit 0 with a
+line of the load report saying how many and what was done. `churnlens features --as-of`
+stops right after printing the load report plus a snapshot, the cheapest command to show it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from tests.test_cli_errors import run_cli
+
+AS_OF = "2026-10-01"
+END = "2026-11-01"  # the end of the sample data
+Tables = dict[str, pd.DataFrame]
+
+
+@pytest.fixture(scope="module")
+def sample() -> Tables:
+    from churnlens.features.sample import generate_sample
+
+    tables = generate_sample(300, seed=1)
+    del tables["truth"]
+    return tables
+
+
+def copy(tables: Tables) -> Tables:
+    return {name: frame.copy() for name, frame in tables.items()}
+
+
+def write(tables: Tables, folder: Path, fmt: str = "parquet") -> Path:
+    folder.mkdir(parents=True)
+    for name, frame in tables.items():
+        if fmt == "csv":
+            frame.to_csv(folder / f"{name}.csv", index=False)
+        else:
+            frame.to_parquet(folder / f"{name}.parquet", index=False)
+    return folder
+
+
+def as_text(frame: pd.DataFrame, column: str, row: int, value: str) -> pd.DataFrame:
+    """FRAME with COLUMN as text and VALUE in ROW (for values a typed column cannot hold)."""
+    frame = frame.copy()
+    frame[column] = frame[column].astype(str)
+    frame.loc[frame.index[row], column] = value
+    return frame
+
+
+# --- the inputs: each writes a source under FOLDER from the sample and returns its path ---
+
+
+def future_records(t: Tables) -> Tables:
+    """Three events dated 2099, a signup in 2031, a scheduled payment per customer in 2027."""
+    ids = t["customers"]["customer_id"]
+    t["events"] = pd.concat([t["events"], pd.DataFrame({
+        "customer_id": ids[:3], "occurred_at": pd.Timestamp("2099-01-01"), "event": "login",
+        "quantity": 1.0})], ignore_index=True)
+    t["customers"] = pd.concat([t["customers"], pd.DataFrame({
+        "customer_id": ["C999999"], "signed_up_at": [pd.Timestamp("2031-01-01")]})],
+        ignore_index=True)
+    t["payments"] = pd.concat([t["payments"], pd.DataFrame({
+        "customer_id": ids, "occurred_at": pd.Timestamp("2027-03-01"), "amount": 10.0,
+        "status": "paid"})], ignore_index=True)
+    return t
+
+
+def thin_tail(t: Tables) -> Tables:
+    ids = t["customers"]["customer_id"]
+    t["events"] = pd.concat([t["events"], pd.DataFrame({
+        "customer_id": ids[:3], "occurred_at": pd.Timestamp("2026-11-06"), "event": "login",
+        "quantity": 1.0})], ignore_index=True)
+    return t
+
+
+def stale_tickets(t: Tables) -> Tables:
+    t["tickets"] = t["tickets"][t["tickets"]["opened_at"] < "2026-06-01"]
+    return t
+
+
+def overlapping(t: Tables) -> Tables:
+    subs = t["subscriptions"]
+    first = subs.sort_values("started_at").groupby("customer_id").head(1).head(4)
+    # An add-on for a day, inside each customer's first subscription only.
+    extra = first.assign(started_at=first["started_at"] + pd.Timedelta(days=1),
+                         ended_at=first["started_at"] + pd.Timedelta(days=2), mrr=5.0)
+    t["subscriptions"] = pd.concat([subs, extra], ignore_index=True)
+    return t
+
+
+def duplicate_payments(t: Tables) -> Tables:
+    t["payments"] = pd.concat([t["payments"], t["payments"].head(5)], ignore_index=True)
+    return t
+
+
+def late_signups(t: Tables) -> Tables:
+    customers = t["customers"]
+    customers.loc[customers.index[:7], "signed_up_at"] += pd.Timedelta(days=400)
+    return t
+
+
+def one_text_employee_count(t: Tables) -> Tables:
+    employees = [str(10 + i) for i in range(len(t["customers"]))]
+    employees[3] = "1,200"
+    t["customers"] = t["customers"].assign(employees=employees)
+    return t
+
+
+def renamed_column(t: Tables) -> Tables:
+    t["subscriptions"] = t["subscriptions"].rename(columns={"ended_at": "Ended_At"})
+    return t
+
+
+def spaced_column(t: Tables) -> Tables:
+    t["payments"] = t["payments"].rename(columns={"amount": " amount "})
+    return t
+
+
+def two_near_misses(t: Tables) -> Tables:
+    t["subscriptions"] = t["subscriptions"].rename(columns={"mrr": "MRR"}).assign(
+        **{" mrr": 1.0})
+    return t
+
+
+def tables_in(change: Callable[[Tables], Tables] | None = None, fmt: str = "parquet"):
+    """A source maker: the sample, changed by CHANGE, written as FMT."""
+    def make(tables: Tables, folder: Path) -> Path:
+        return write(change(copy(tables)) if change else copy(tables), folder, fmt)
+    return make
+
+
+def with_files(**files: bytes | Path) -> Callable[[Tables, Path], Path]:
+    """The sample as parquet, with FILES (name -> bytes) written over or beside its files."""
+    def make(tables: Tables, folder: Path) -> Path:
+        write(copy(tables), folder)
+        for name, content in files.items():
+            target = folder / name.replace("__", ".")
+            (folder / f"{name.split('__')[0]}.parquet").unlink(missing_ok=True)
+            target.write_bytes(content)
+        return folder
+    return make
+
+
+def truncated_events(tables: Tables, folder: Path) -> Path:
+    write(copy(tables), folder)
+    path = folder / "events.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return folder
+
+
+def renamed_files(tables: Tables, folder: Path) -> Path:
+    write(copy(tables), folder)
+    (folder / "tickets.parquet").rename(folder / "Tickets.parquet")
+    (folder / "notes.txt").write_text("exported by hand\n")
+    (folder / "old").mkdir()
+    return folder
+
+
+def database(upper: bool = False, name: str = "source.duckdb"):
+    def make(tables: Tables, folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        path = folder / name
+        con = duckdb.connect(str(path))
+        for table, frame in tables.items():
+            con.register("frame", frame)
+            con.execute(f'CREATE TABLE "{table.upper() if upper else table}" AS '
+                        "SELECT * FROM frame")
+            con.unregister("frame")
+        con.close()
+        return path
+    return make
+
+
+def raw_file(name: str, content: bytes):
+    def make(tables: Tables, folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(content)
+        return folder / name
+    return make
+
+
+def quoted_path(tables: Tables, folder: Path) -> Path:
+    return write(copy(tables), folder / "it's \"data\"; DROP TABLE customers; --")
+
+
+def empty_customers(t: Tables) -> Tables:
+    t["customers"] = t["customers"].head(0)
+    return t
+
+
+def spaced_id(t: Tables) -> Tables:
+    customers = t["customers"]
+    customers.loc[customers.index[0], "customer_id"] += " "
+    return t
+
+
+def future_placeholder(t: Tables) -> Tables:
+    t["events"] = as_text(t["events"], "occurred_at", 5, "9999-12-31")
+    return t
+
+
+def ancient_signup(t: Tables) -> Tables:
+    t["customers"] = as_text(t["customers"], "signed_up_at", 2, "1900-01-01")
+    return t
+
+
+def text_number(table: str, column: str, value: str):
+    def change(t: Tables) -> Tables:
+        t[table] = as_text(t[table], column, 1, value)
+        return t
+    return change
+
+
+LATIN1 = "customer_id,signed_up_at\nJosé,2024-01-01\n".encode("latin-1")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    make: Callable[[Tables, Path], Path]
+    status: int
+    message: str  # regex that the output must hold (the one line, for status 2)
+    argv: tuple[str, ...] = ("features", "--as-of", AS_OF)
+    params: str = ""  # params.yaml, when the case needs one
+
+
+FUTURE = Case("future-dated-records", tables_in(future_records), 0,
+              r"observed until 2026-11-01 .*"
+              r"customers: 301 rows read, 300 kept.*set aside 1 rows: signed_up_at after the "
+              r"load time .*'2031-01-01 00:00:00'.*'C999999'.*"
+              r"events: [\d,]+ rows read.*set aside 3 rows: occurred_at after the load time.*"
+              r"'2099-01-01 00:00:00'.*payments: .*set aside 300 rows: occurred_at after")
+CASES = [
+    # 1. the end of the data
+    FUTURE,
+    Case("as-of-beyond-the-data", tables_in(future_records), 2,
+         r"--as-of 2030-01-01 is outside the data, which run from the first signup on "
+         r"\d{4}-\d\d-\d\d to 2026-11-01", argv=("features", "--as-of", "2030-01-01")),
+    Case("thin-tail", tables_in(thin_tail), 0,
+         r"observed until 2026-11-01 \(inferred.*set aside 3 rows: occurred_at after the "
+         r"inferred end of the data \(a thin tail\) 2026-11-01"),
+    Case("stale-table", tables_in(stale_tickets), 0,
+         r"tickets: [\d,]+ rows read, [\d,]+ kept, last 2026-05-\d\d \(1\d\d days before the end"),
+    Case("date-9999", tables_in(future_placeholder, "csv"), 2,
+         r"table events, column occurred_at: 1 row\(s\) hold a timestamp before 1970-01-01 or "
+         r"after 2262-04-11 \(values '9999-12-31'"),
+    Case("date-1900", tables_in(ancient_signup, "csv"), 2,
+         r"table customers, column signed_up_at: 1 row\(s\) hold a timestamp before 1970"),
+    # 2. finite numbers
+    Case("mrr-inf", tables_in(text_number("subscriptions", "mrr", "inf"), "csv"), 2,
+         r"table subscriptions, column mrr: 1 row\(s\) hold a number that is not finite "
+         r"\(inf, -inf, NaN or beyond 1.8e308\) \(values 'inf'"),
+    Case("amount-1e400", tables_in(text_number("payments", "amount", "1e400"), "csv"), 2,
+         r"table payments, column amount: 1 row\(s\) hold a number that is not finite.*'1e400'"),
+    Case("mrr-nan", tables_in(text_number("subscriptions", "mrr", "NaN")), 2,
+         r"table subscriptions, column mrr: 1 row\(s\) hold a number that is not finite"),
+    # 3. names matched like a person would
+    Case("column-case", tables_in(renamed_column), 0,
+         r"read column 'Ended_At' as ended_at \(the names differ only in case or spaces\)"),
+    Case("column-spaces", tables_in(spaced_column), 0, r"read column ' amount ' as amount"),
+    Case("column-two-near-misses", tables_in(two_near_misses), 2,
+         r"table subscriptions: columns 'MRR', ' mrr' all differ from mrr only in case"),
+    Case("table-case-and-unread-files", renamed_files, 0,
+         r"tickets: .*\n    read from Tickets.parquet \(its name differs from tickets only in "
+         r"case.*not read: notes.txt \(not a .parquet or .csv file\)\n  not read: old \(a folder\)"),
+    Case("duckdb-upper-case-tables", database(upper=True), 0,
+         r"read from database table 'CUSTOMERS' \(its name differs from customers only"),
+    # 4. suspicious records
+    Case("overlapping-subscriptions", tables_in(overlapping), 0,
+         r"4 subscriptions of 4 customers start before an earlier one of theirs ends .*: all "
+         r"kept; MRR, seats and plan at a cutoff are the latest-started"),
+    Case("duplicate-payments", tables_in(duplicate_payments), 0,
+         r"payments: [\d,]+ rows read, [\d,]+ kept.*\n.*set aside 5 rows: exact copies of "
+         r"another payment .*10 rows in all.*each payment kept once"),
+    Case("signups-after-the-first-subscription", tables_in(late_signups), 0,
+         r"7 signed_up_at after the customer's first subscription start .*moved back to that "
+         r"start"),
+    Case("numeric-attribute-with-one-text", tables_in(one_text_employee_count), 0,
+         r"attribute 'employees': numbers except 1 of 300 values \('1,200'\): read as a number"),
+    # 5. one message for every expected failure
+    Case("parquet-0-bytes", with_files(events__parquet=b""), 2,
+         r"file .*events.parquet is empty \(0 bytes\): it was probably cut off"),
+    Case("parquet-truncated", truncated_events, 2,
+         r"file .*events.parquet cannot be read: it is truncated or not a parquet file"),
+    Case("parquet-garbage", with_files(events__parquet=b"PAR1 not really"), 2,
+         r"file .*events.parquet cannot be read: it is truncated or not a parquet file"),
+    Case("csv-not-utf8", with_files(customers__csv=LATIN1), 2,
+         r"file .*customers.csv cannot be read: it is not UTF-8 text; save it as UTF-8"),
+    Case("csv-0-bytes", with_files(customers__csv=b""), 2,
+         r"file .*customers.csv is empty \(0 bytes\)"),
+    Case("duckdb-garbage", raw_file("source.duckdb", b"not a database" * 100), 2,
+         r"file .*source.duckdb cannot be opened as a DuckDB database"),
+    Case("duckdb-0-bytes", raw_file("source.duckdb", b""), 2,
+         r"database file .*source.duckdb is empty \(0 bytes\)"),
+    Case("path-with-quotes", quoted_path, 0, r"customers: 300 rows read, 300 kept"),
+    Case("duckdb-path-with-a-quote", database(name="it's.duckdb"), 0,
+         r"customers: 300 rows read, 300 kept"),
+    Case("customers-empty", tables_in(empty_customers), 2,
+         r"table customers \(.*customers.parquet\) has no rows: churnlens needs one row per "
+         r"customer"),
+    Case("id-with-a-trailing-space", tables_in(spaced_id), 2,
+         r"for customers not in the customers table .*; \d+ of them match a customer once "
+         r"surrounding spaces and case are ignored \(e.g. 'C000001' in \w+, 'C000001 ' in "
+         r"customers\)"),
+    # 8. settings to the letter
+    Case("params-duplicate-key", tables_in(), 2,
+         r"params.yaml: key 'horizon_days' appears twice \(lines 1 and 3\); keep one",
+         params="horizon_days: 60\nchurn: {grace_days: 7}\nhorizon_days: 90\n"),
+    Case("params-boolean-horizon", tables_in(), 2,
+         r"params.yaml: horizon_days: .*a boolean .* is not a valid value here; .*\(got True\)",
+         params="horizon_days: true\n"),
+    Case("value-event-never-occurs", tables_in(), 0,
+         r"features.value_event 'report_made' never occurs in the [\d,]+ events \(the most "
+         r"frequent: .*\): the first-value features are empty",
+         params="features: {value_event: report_made}\n"),
+]
+
+
+def run_main(*argv: str) -> tuple[str, int, str]:
+    """`churnlens ARGV...` through the command's own entry point, in this process (a fresh
+    process per case would spend most of its time importing): (output, status, stderr)."""
+    from churnlens.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(argv))
+        except SystemExit as exit_:  # argparse's own errors
+            status = exit_.code
+    return out.getvalue() + err.getvalue(), status, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def outcomes(sample, tmp_path_factory, request) -> dict[str, tuple[str, int, str]]:
+    """Each selected case run once: (case id) -> (output, status, stderr)."""
+    selected = [item.callspec.params["case"] for item in request.session.items
+                if item.originalname == "test_bad_input"]
+    root = tmp_path_factory.mktemp("bad-input")
+    runs = {}
+    for case in selected:
+        cwd = root / case.id
+        source = case.make(sample, cwd / "source")
+        settings = ()
+        if case.params:
+            (cwd / "params.yaml").write_text(case.params)
+            settings = ("--params", str(cwd / "params.yaml"))
+        runs[case.id] = run_main(*settings, *case.argv, "--source", str(source),
+                                 "--out", str(cwd / "out.parquet"))
+    return runs
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
+def test_bad_input(case, outcomes):
+    output, status, stderr = outcomes[case.id]
+    assert "Traceback" not in output, output
+    assert status == case.status, output
+    if status == 2:
+        assert len(stderr.strip().splitlines()) == 1, stderr
+        assert stderr.startswith("churnlens features: error: "), stderr
+    assert re.search(case.message, output, re.DOTALL if status == 0 else 0), output
+
+
+def test_a_quoted_path_never_becomes_sql(outcomes):
+    # The folder's name holds quotes and a statement: read as a path, the customers survive.
+    output, status, _ = outcomes["path-with-quotes"]
+    assert status == 0 and "DROP TABLE customers" in output and "300 kept" in output
+
+
+@pytest.fixture(scope="module")
+def training_sets(sample, tmp_path_factory) -> dict[str, pd.DataFrame]:
+    """`churnlens features` on the clean sample and on it with FUTURE's records added."""
+    root = tmp_path_factory.mktemp("future")
+    frames = {}
+    for name, change in (("clean", None), ("future", future_records)):
+        source = write(change(copy(sample)) if change else copy(sample), root / name)
+        done = run_cli(root, "features", "--source", str(source), "--out", f"{name}.parquet")
+        assert done.returncode == 0, done.stderr
+        frames[name] = pd.read_parquet(root / f"{name}.parquet").sort_values(
+            ["customer_id", "cutoff"], ignore_index=True)
+        frames[f"{name} output"], frames[f"{name} source"] = done.stdout, source
+    return frames
+
+
+def test_future_records_leave_the_training_set_as_on_the_clean_data(training_sets):
+    future, clean = training_sets["future"], training_sets["clean"]
+    assert "set aside 300 rows" in training_sets["future output"]
+    assert "observed until 2026-11-01" in training_sets["future output"]
+    assert len(future) == len(clean) > 1000
+    pd.testing.assert_frame_equal(future, clean, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_future_records_leave_the_model_as_on_the_clean_data(training_sets):
+    from churnlens.features.build import build_training_set
+    from churnlens.features.loading import load_source
+    from churnlens.settings import Settings
+    from churnlens.training.risk import RiskModel
+    from churnlens.training.split import temporal_split
+
+    settings = Settings()
+    predictions = {}
+    for name in ("clean", "future"):
+        ff = build_training_set(load_source(training_sets[f"{name} source"]), settings)
+        frame = ff.frame.sort_values(["customer_id", "cutoff"], ignore_index=True)
+        split = temporal_split(frame, settings.horizon_days, settings.training)
+        model = RiskModel(ff.features, settings.training.lightgbm, seed=42).fit(
+            split.train, split.validation, split.calibration)
+        predictions[name] = model.predict_proba(split.test)
+    assert len(predictions["clean"]) > 100
+    assert predictions["future"].tolist() == predictions["clean"].tolist()
