@@ -65,6 +65,9 @@ def add_commands(sub, parents) -> None:
     p.add_argument("--snapshot", type=existing_file, metavar="PATH",
                    help="feature snapshot parquet (default: the newest "
                         "snapshots/features-*.parquet under paths.work_dir: work/)")
+    p.add_argument("--registry-timeout", type=positive_seconds, default=10.0,
+                   metavar="SECONDS", help="give up start-up when the MLflow store does not "
+                                           "answer within this many seconds")
     p.set_defaults(run=serve)
 
 
@@ -117,21 +120,48 @@ def serve(args: argparse.Namespace) -> None:
     port_number = args.port or settings.serving.port
     uri = args.model_uri or CHAMPION.format(name=settings.mlflow.model_name)
     store = tracking_uri(settings.mlflow)
-    _check_registered(uri, store)
-    env = {
-        **os.environ,
-        "CHURNLENS_MODEL_URI": uri,
-        "CHURNLENS_SNAPSHOT": str(snapshot.resolve()),
-        "CHURNLENS_MAX_PAGE_SIZE": str(settings.serving.max_page_size),
-        # Fixed before BentoML's workers start in other directories.
-        "MLFLOW_TRACKING_URI": store,
-    }
-    say(f"serving {uri} with {snapshot} on http://{host}:{port_number} "
-        f"(OpenAPI: http://{host}:{port_number}/docs.json)")
-    cmd = [sys.executable, "-m", "bentoml", "serve", "churnlens.serving.service:ChurnService",
-           "--host", host, "--port", str(port_number)]
-    # exec: BentoML becomes this process, so Ctrl+C and SIGTERM reach it directly.
-    os.execve(sys.executable, cmd, env)
+    if uri.startswith("models:/"):
+        require_store(store)
+    if not _loopback(host) and not os.environ.get("CHURNLENS_API_KEY"):
+        print(f"churnlens serve: warning: listening on {host} without an API key: anyone "
+              "who can reach this machine can read every customer's score; set "
+              "CHURNLENS_API_KEY", file=sys.stderr, flush=True)
+    # BentoML's usage tracking stays off unless the user opts in (BENTOML_DO_NOT_TRACK=False).
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    # An unreachable tracking server fails within the timeout instead of minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(args.registry_timeout))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.update({"MLFLOW_TRACKING_URI": store,
+                       "CHURNLENS_MAX_PAGE_SIZE": str(settings.serving.max_page_size)})
+    quiet_mlflow()
+    from churnlens.serving.server import serve as run_server
+    from churnlens.serving.startup import ServeConfig
+
+    config = ServeConfig(model_uri=uri, snapshot=str(snapshot.resolve()),
+                         cache_dir=Path(settings.paths.work_dir).resolve() / "cache" / "models",
+                         registry_timeout_s=args.registry_timeout)
+    say(f"serving {uri} with {snapshot} on http://{host}:{port_number} (API docs: "
+        f"http://{host}:{port_number}/docs, OpenAPI: /docs.json)")
+    run_server(config, "127.0.0.1" if host == "localhost" else host, port_number, log=say)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _newest_snapshot(folder: Path) -> Path:
@@ -140,26 +170,3 @@ def _newest_snapshot(folder: Path) -> Path:
         raise UsageError(f"no feature snapshot in {folder}; write one with `churnlens features "
                          "--as-of DATE` or pass --snapshot PATH")
     return found[-1]  # ISO dates in the names: the last sorted is the newest
-
-
-def _check_registered(uri: str, store: str) -> None:
-    """A registry model must exist before BentoML starts: a service whose start-up fails is
-    restarted by BentoML forever instead of exiting, so the user would see no error."""
-    if not uri.startswith("models:/"):
-        return
-    require_store(store)
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    name, _, tail = uri.removeprefix("models:/").partition("/")
-    name, _, alias = name.partition("@")
-    client = MlflowClient(tracking_uri=store)
-    try:
-        if alias:
-            client.get_model_version_by_alias(name, alias)
-        else:
-            client.get_model_version(name, tail)
-    except MlflowException as exc:
-        first = str(exc.message).splitlines()[0]
-        raise UsageError(f"model {uri} not found in {store}: {first}; train one with "
-                         "`churnlens train` or pass --model-uri") from None

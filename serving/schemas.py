@@ -14,6 +14,8 @@ from bentoml.validators import ContentType
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator
 
 MAX_PER_CALL = 100  # customers in one /score_customer call; pages go to /score_page
+# The dates pandas' nanosecond timestamps can hold: an as_of beyond them cannot be scored.
+FIRST_DATE, LAST_DATE = date(1677, 9, 22), date(2262, 4, 11)
 
 CustomerId = Annotated[str, Field(min_length=1, max_length=128,
                                   description="customer id, as in the data source",
@@ -98,8 +100,9 @@ class FeatureRow(_Request):
     """A customer described by explicit feature values instead of the snapshot."""
 
     customer_id: CustomerId
-    as_of: date = Field(description="date the feature values describe (the record's as_of)",
-                        examples=["2026-10-31"])
+    as_of: date = Field(description="date the feature values describe (the record's as_of), "
+                                    f"{FIRST_DATE} to {LAST_DATE}", examples=["2026-10-31"],
+                        ge=FIRST_DATE, le=LAST_DATE)
     features: dict[str, FeatureValue] = Field(
         description="every model feature by name (see /model_info): numbers for numeric "
                     "features, one of the listed levels for categories; null means unknown",
@@ -107,16 +110,20 @@ class FeatureRow(_Request):
 
 
 class PageRequest(_Request):
-    """A page of customers: snapshot ids or explicit feature rows, not both."""
+    """A page of customers: snapshot ids or explicit feature rows, exactly one of the two."""
 
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "customer_ids": ["C000002", "C000007"], "with_drivers": True}})
+    model_config = ConfigDict(json_schema_extra={
+        "example": {"customer_ids": ["C000002", "C000007"], "with_drivers": True},
+        "oneOf": [{"required": ["customer_ids"]}, {"required": ["rows"]}]})
 
-    customer_ids: list[CustomerId] | None = Field(
+    # Optional but never null (the type has no None): a field is given or left out.
+    customer_ids: list[CustomerId] = Field(
         None, min_length=1, description="customer ids to look up in the feature snapshot "
-                                        "(at most max_page_size, 1000 by default)")
-    rows: list[FeatureRow] | None = Field(
-        None, min_length=1, description="explicit feature rows (at most max_page_size)")
+                                        "(at most max_page_size, 1000 by default); give "
+                                        "this or rows")
+    rows: list[FeatureRow] = Field(
+        None, min_length=1, description="explicit feature rows (at most max_page_size); "
+                                        "give this or customer_ids")
     with_drivers: bool = WITH_DRIVERS
 
 
@@ -167,7 +174,9 @@ class ScoreRecord(BaseModel):
     churn_probability: Probability = Field(description="P(churn within horizon_days)")
     horizon_days: int
     risk_tier: Literal["low", "medium", "high", "critical"]
-    lifecycle_stage: str | None
+    lifecycle_stage: str | None = Field(
+        description="onboarding, adoption or renewal window; null when the model has no "
+                    "lifecycle feature or the customer's stage is unknown")
     survival: dict[str, Probability] = Field(
         description="P(still a customer) after 30, 90, 180 and 365 days",
         examples=[{"30": 0.99, "90": 0.97, "180": 0.95, "365": 0.9}])
@@ -202,7 +211,9 @@ class FeatureInfo(BaseModel):
     kind: Literal["numeric", "category"]
     group: str = Field(description="driver group")
     label: str
-    levels: list[str] | None = Field(description="accepted values of a category feature")
+    levels: list[str] = Field(None, exclude_if=lambda levels: levels is None,
+                              description="accepted values; category features only (left "
+                                          "out for numeric ones)")
 
 
 class Training(BaseModel):

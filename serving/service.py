@@ -22,20 +22,19 @@ import gc
 import logging
 import math
 import os
-from pathlib import Path
 
 import bentoml
 import pandas as pd
 
+from churnlens.serving import startup
 from churnlens.serving.batching import MicroBatcher
 from churnlens.serving.core import (
     FeatureInputError,
     Prepared,
     check_features,
-    prepare,
     score_records,
 )
-from churnlens.serving.http import HttpGuard
+from churnlens.serving.http import HttpGuard, quiet_client_errors
 from churnlens.serving.schemas import (
     CustomerBatch,
     CustomerRequest,
@@ -59,10 +58,7 @@ from churnlens.serving.schemas import (
 from churnlens.serving.workspace_app import workspace_app
 from churnlens.settings import ServingSettings
 
-ENV_MODEL_URI = "CHURNLENS_MODEL_URI"
-ENV_SNAPSHOT = "CHURNLENS_SNAPSHOT"
 ENV_MAX_PAGE_SIZE = "CHURNLENS_MAX_PAGE_SIZE"
-DEFAULT_MODEL_URI = "models:/churnlens@champion"
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython's default: 700)
 MAX_BATCH = 256  # customers scored together when concurrent /score_customer calls merge
 SMALL_BATCH = 256  # fewer rows: one LightGBM thread (OpenMP start-up costs more than it saves)
@@ -82,13 +78,14 @@ class ChurnService:
     """Scores customers with the model and feature snapshot loaded once at start-up."""
 
     def __init__(self) -> None:
-        from churnlens.serving.batch import load_model
-
-        self.model_uri = os.environ.get(ENV_MODEL_URI) or DEFAULT_MODEL_URI
-        self.model = load_model(self.model_uri)  # resolves an alias to its version
-        self.snapshot = _read_snapshot(os.environ.get(ENV_SNAPSHOT), self.model)
+        # `churnlens serve` checked and loaded both before opening the port; under
+        # `bentoml serve` the worker loads them here from the environment.
+        loaded = startup.take() or startup.load(startup.ServeConfig.from_env())
+        quiet_client_errors()
+        self.model, self.model_uri = loaded.model, loaded.model_uri
+        self.snapshot = loaded.snapshot
         # Encoded once for both models: a call picks its rows without pandas work.
-        self.prepared = prepare(self.model, self.snapshot)
+        self.prepared = loaded.prepared
         self.batcher = MicroBatcher(self._score_customers, max_items=MAX_BATCH,
                                     on_batch=BATCH_SIZE.observe)
         self.position = {cid: i for i, cid in enumerate(self.snapshot["customer_id"])}
@@ -175,7 +172,8 @@ class ChurnService:
             training=Training(trained_at=info.get("trained_at"), metrics=metrics),
             horizon_days=self.model.horizon_days, currency=self.model.currency,
             features=[FeatureInfo(name=f.name, kind=f.kind, group=f.group, label=f.label,
-                                  levels=self.levels.get(f.name)) for f in self.model.features],
+                                  **({"levels": self.levels[f.name]} if f.name in self.levels
+                                     else {})) for f in self.model.features],
             snapshot=Snapshot(as_of=self.snapshot["cutoff"].max().date(),
                               customers=len(self.snapshot)),
             max_page_size=self.max_page_size,
@@ -228,26 +226,6 @@ class ChurnService:
     def _score(self, frame: pd.DataFrame | Prepared, with_drivers: bool) -> list[dict]:
         threads = 1 if len(frame) < SMALL_BATCH else None
         return score_records(self.model, frame, with_drivers=with_drivers, num_threads=threads)
-
-
-def _read_snapshot(path: str | None, model) -> pd.DataFrame:
-    """The feature snapshot at PATH, checked against the model's features and coerced once."""
-    if not path:
-        raise RuntimeError(f"set {ENV_SNAPSHOT} to a snapshot written by `churnlens features "
-                           "--as-of DATE` (churnlens serve does it)")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"feature snapshot {path} not found; write one with "
-                                "`churnlens features --as-of DATE`")
-    frame = pd.read_parquet(path)
-    missing = [c for c in ("customer_id", "cutoff") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}: not a churnlens feature snapshot")
-    dupes = frame["customer_id"].duplicated()
-    if dupes.any():
-        raise ValueError(f"{path} holds {int(dupes.sum())} duplicate customer ids, e.g. "
-                         f"{list(frame.loc[dupes, 'customer_id'][:3])}; one row per customer")
-    frame["customer_id"] = frame["customer_id"].astype(str)
-    return check_features(model, frame).reset_index(drop=True)
 
 
 ChurnService.add_asgi_middleware(HttpGuard)

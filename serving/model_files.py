@@ -1,0 +1,196 @@
+"""The served model's file: resolved in the registry, cached locally, fetched in a child.
+
+`ModelFetch` starts a forked child process that imports MLflow, resolves a registry URI
+to its version and downloads the model's bundle into a local cache (once per store and
+version), while the server process imports the scoring stack and reads the snapshot: the
+two take seconds each, and a machine has at least two cores. A remote tracking server is
+given `timeout_s` seconds to answer from the moment MLflow is imported; a child that
+overruns is killed, so an unreachable server fails start-up with one message.
+
+Importing this module is cheap (no MLflow, no pandas): it runs before the fork.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BUNDLE = "bundle.pkl"
+# Stores reached over the network, which may not answer; a local SQLite or file store
+# cannot hang, but may take seconds to open on a busy machine.
+REMOTE = ("http://", "https://", "databricks")
+
+
+class FetchError(ValueError):
+    """The model cannot be fetched; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Where the model's bundle lies, and which registry version it is (None for a run
+    or path URI)."""
+
+    bundle: Path
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    cached: bool = False  # True: BUNDLE is the cache's file; False: a fresh download
+
+    @property
+    def exact_uri(self) -> str | None:
+        return f"models:/{self.name}/{self.version}" if self.version else None
+
+
+class ModelFetch:
+    """Fetch URI's bundle in a child process; `result` waits for it.
+
+    cache_dir: root of the per-store, per-version cache (None: download to a temporary
+    folder, removed by `close`). timeout_s: how long the store may take to answer.
+    """
+
+    def __init__(self, uri: str, cache_dir: Path | None, timeout_s: float):
+        self.uri, self.timeout_s = uri, timeout_s
+        self.scratch = Path(tempfile.mkdtemp(prefix="churnlens-model-"))
+        self.cache_dir = cache_dir
+        context = multiprocessing.get_context("fork")
+        self.conn, child_conn = context.Pipe(duplex=False)
+        self.child = context.Process(target=_child, daemon=True, name="churnlens-model-fetch",
+                                     args=(child_conn, uri, cache_dir, self.scratch))
+        self.child.start()
+        child_conn.close()
+
+    def result(self) -> Fetched:
+        """The fetched bundle; FetchError when the store fails, refuses or overruns."""
+        store = os.environ.get("MLFLOW_TRACKING_URI", "the default MLflow store")
+        deadline = None
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.conn.poll(wait):
+                self.child.kill()
+                raise FetchError(f"the MLflow store {store} did not answer within "
+                                 f"{self.timeout_s:g} s for {self.uri}: check "
+                                 "MLFLOW_TRACKING_URI and that the server is up "
+                                 "(--registry-timeout sets the limit)")
+            try:
+                kind, value = self.conn.recv()
+            except EOFError:
+                raise FetchError(f"fetching {self.uri} stopped (exit status "
+                                 f"{self.child.exitcode}); see the lines above") from None
+            if kind == "imported":
+                if store.startswith(REMOTE):
+                    deadline = value + self.timeout_s  # CLOCK_MONOTONIC is system-wide
+            elif kind == "error":
+                raise FetchError(value)
+            else:
+                return value
+
+    def close(self) -> None:
+        """Stop the child if it still runs and remove the scratch folder."""
+        if self.child.is_alive():
+            self.child.kill()
+        self.child.join(timeout=1)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def commit(fetched: Fetched, cache_dir: Path | None) -> None:
+    """Move a freshly downloaded bundle into the cache, once it has been loaded whole."""
+    if fetched.cached or cache_dir is None or not fetched.version:
+        return
+    folder = cache_folder(cache_dir, fetched.name, fetched.version, fetched.run_id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staged-"))
+    shutil.copyfile(fetched.bundle, staged / BUNDLE)
+    try:
+        staged.rename(folder)
+    except OSError:  # another server cached it meanwhile: that copy is as good
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def evict(fetched: Fetched) -> None:
+    """Drop a cached bundle that does not load, so the next start downloads it again."""
+    if fetched.cached:
+        shutil.rmtree(fetched.bundle.parent, ignore_errors=True)
+
+
+def cache_folder(root: Path, name: str, version: str, run_id: str | None) -> Path:
+    """Versions are numbered per store: the store's URI is part of the key."""
+    store = os.environ.get("MLFLOW_TRACKING_URI", "")
+    key = hashlib.sha256(store.encode()).hexdigest()[:12]
+    return root / key / f"{name}-v{version}-{(run_id or '')[:12]}"
+
+
+def shown_uri(uri: str) -> str:
+    """URI as clients may see it: registry and run URIs as given, a local path by name."""
+    if uri.startswith(("models:/", "runs:/")):
+        return uri
+    return f"local model {Path(uri.removeprefix('file://')).name!r}"
+
+
+# ---------------------------------------------------------------- in the child
+
+
+def _child(conn, uri: str, cache_dir: Path | None, scratch: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    conn.send(("imported", time.monotonic()))
+    try:
+        conn.send(("done", _fetch(uri, cache_dir, scratch)))
+    except FetchError as exc:
+        conn.send(("error", str(exc)))
+    except MlflowException as exc:
+        conn.send(("error", f"cannot load model {shown_uri(uri)}: "
+                            f"{str(exc.message).splitlines()[0]}"))
+    except OSError as exc:  # the store's host or files cannot be reached at all
+        conn.send(("error", f"cannot reach the model {shown_uri(uri)}: "
+                            f"{type(exc).__name__}: {exc}"))
+
+
+def _fetch(uri: str, cache_dir: Path | None, scratch: Path) -> Fetched:
+    if not uri.startswith("models:/"):
+        return Fetched(_download(uri, scratch))
+    name, version, run_id = _resolve(uri)
+    if cache_dir is not None:
+        cached = cache_folder(cache_dir, name, version, run_id) / BUNDLE
+        if cached.is_file():
+            return Fetched(cached, name, version, run_id, cached=True)
+    return Fetched(_download(f"models:/{name}/{version}", scratch), name, version, run_id)
+
+
+def _resolve(uri: str) -> tuple[str, str, str]:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient, get_tracking_uri
+
+    name, _, tail = uri.removeprefix("models:/").rstrip("/").partition("/")
+    name, _, alias = name.partition("@")
+    try:
+        client = MlflowClient()
+        mv = (client.get_model_version_by_alias(name, alias) if alias
+              else client.get_model_version(name, tail))
+    except MlflowException as exc:
+        raise FetchError(f"model {uri} not found in {get_tracking_uri()}: "
+                         f"{str(exc.message).splitlines()[0]}; train one with `churnlens "
+                         "train` or pass --model-uri") from None
+    return name, str(mv.version), mv.run_id
+
+
+def _download(uri: str, into: Path) -> Path:
+    """The bundle file of the model at URI (registry, run or local path), under INTO."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{uri.rstrip('/')}/artifacts/{BUNDLE}", dst_path=str(into)))
+    except (MlflowException, OSError) as exc:
+        msg = exc.message if isinstance(exc, MlflowException) else str(exc)
+        raise FetchError(f"cannot load model {shown_uri(uri)}: {msg.splitlines()[0]} (is it "
+                         "a model logged by `churnlens train`?)") from None
+    if not local.is_file():
+        raise FetchError(f"{shown_uri(uri)} is not a churnlens model (no artifacts/{BUNDLE})")
+    return local

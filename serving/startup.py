@@ -1,0 +1,205 @@
+"""Start-up of the HTTP service: the model and the feature snapshot, checked and loaded.
+
+`load` is what `churnlens serve` runs before it opens the port, so that a service that
+cannot answer never starts: a corrupt, empty, wrong-schema or duplicate-id snapshot, a
+model version that does not exist, a truncated model file or an MLflow store that does not
+answer within `ServeConfig.registry_timeout_s` each raise one `StartupError` naming what
+is wrong and how to fix it (BentoML would restart a failing service worker forever).
+
+A registry model is resolved to its version on every start (an alias may have moved); its
+bundle is kept in a local cache folder per store and version, so a restart does not
+download it again (`churnlens.serving.model_files`, which fetches it in a child process
+while this one imports the scoring stack). Importing this module is cheap: the heavy
+imports happen inside `load`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+from churnlens.serving import model_files
+from churnlens.serving.model_files import FetchError, ModelFetch
+
+ENV_MODEL_URI = "CHURNLENS_MODEL_URI"
+ENV_SNAPSHOT = "CHURNLENS_SNAPSHOT"
+ENV_MODEL_CACHE = "CHURNLENS_MODEL_CACHE"
+ENV_REGISTRY_TIMEOUT = "CHURNLENS_REGISTRY_TIMEOUT"
+DEFAULT_MODEL_URI = "models:/churnlens@champion"
+REGISTRY_TIMEOUT_S = 10.0
+KEY_COLUMNS = ("customer_id", "cutoff")
+# What a truncated or damaged pickle raises while loading (LightGBM's model text, too).
+CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError,
+           IndexError, KeyError, TypeError)
+
+
+class StartupError(ValueError):
+    """The service cannot start; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the service loads: the model, the snapshot, and how long the registry may take."""
+
+    model_uri: str
+    snapshot: str | None
+    cache_dir: Path | None = None  # None: no model cache
+    registry_timeout_s: float = REGISTRY_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        """The configuration of a `bentoml serve` worker, from its environment."""
+        cache = os.environ.get(ENV_MODEL_CACHE)
+        return cls(model_uri=os.environ.get(ENV_MODEL_URI) or DEFAULT_MODEL_URI,
+                   snapshot=os.environ.get(ENV_SNAPSHOT),
+                   cache_dir=Path(cache) if cache else None,
+                   registry_timeout_s=float(os.environ.get(ENV_REGISTRY_TIMEOUT)
+                                            or REGISTRY_TIMEOUT_S))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The checked model and snapshot a service answers from."""
+
+    model: object  # churnlens.training.bundle.ChurnModel, its info filled in
+    model_uri: str  # as /model_info shows it: a registry or run URI, never a local path
+    snapshot: object  # pandas.DataFrame: the checked snapshot rows
+    prepared: object  # churnlens.serving.core.Prepared: the snapshot encoded once
+
+
+_handed_over: Loaded | None = None
+
+
+def hand_over(loaded: Loaded) -> None:
+    """Keep LOADED for the service instance this process creates next (`take`)."""
+    global _handed_over
+    _handed_over = loaded
+
+
+def take() -> Loaded | None:
+    """What `hand_over` kept (once), or None when the service must load for itself."""
+    global _handed_over
+    loaded, _handed_over = _handed_over, None
+    return loaded
+
+
+def load(config: ServeConfig) -> Loaded:
+    """The model and snapshot of CONFIG, checked; StartupError says what is wrong.
+
+    The model is fetched in a child process meanwhile this one checks the snapshot file
+    and imports the scoring stack.
+    """
+    fetch = ModelFetch(config.model_uri, config.cache_dir, config.registry_timeout_s)
+    try:
+        table = check_snapshot_file(config.snapshot)
+        from churnlens.serving.core import prepare
+
+        frame = table.to_pandas()
+        model, shown = _load_model(fetch, config)
+    finally:
+        fetch.close()
+    snapshot = fit_snapshot(frame, model, config.snapshot)
+    return Loaded(model, shown, snapshot, prepare(model, snapshot))
+
+
+# ---------------------------------------------------------------- the model
+
+
+def _load_model(fetch: ModelFetch, config: ServeConfig):
+    """The ChurnModel FETCH brings, its registry name, version and run id filled in, and
+    the URI to show for it. A cached file that no longer loads is fetched again."""
+    try:
+        fetched = fetch.result()
+        try:
+            model = _unpickle(fetched.bundle, config.model_uri)
+        except StartupError:
+            if not fetched.cached:
+                raise
+            model_files.evict(fetched)
+            again = ModelFetch(fetched.exact_uri, None, config.registry_timeout_s)
+            try:
+                fetched = again.result()
+                model = _unpickle(fetched.bundle, config.model_uri)
+            finally:
+                again.close()
+    except FetchError as exc:
+        raise StartupError(str(exc)) from None
+    model_files.commit(fetched, config.cache_dir)
+    if fetched.version is None:
+        return model, model_files.shown_uri(config.model_uri)
+    model.info = {**model.info, "name": fetched.name, "version": fetched.version,
+                  "run_id": fetched.run_id}
+    return model, fetched.exact_uri
+
+
+def _unpickle(path: Path, uri: str):
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except CORRUPT as exc:
+        raise StartupError(f"the model file of {model_files.shown_uri(uri)} is truncated or "
+                           f"corrupt ({type(exc).__name__}: {str(exc)[:120]}); log the model "
+                           "again with `churnlens train`") from None
+
+
+# ---------------------------------------------------------------- the snapshot
+
+
+def check_snapshot_file(path: str | None):
+    """The snapshot at PATH as an Arrow table, its file and key columns checked (pyarrow
+    only, so a broken snapshot fails before the scoring stack is imported)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not path:
+        raise StartupError(f"set {ENV_SNAPSHOT} to a snapshot written by `churnlens features "
+                           "--as-of DATE` (churnlens serve does it)")
+    if not Path(path).is_file():
+        raise StartupError(f"feature snapshot {path} not found; write one with "
+                           "`churnlens features --as-of DATE`")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StartupError(f"feature snapshot {path} is not a readable parquet file "
+                           f"({str(exc).splitlines()[0][:160]}); write it again with "
+                           "`churnlens features --as-of DATE`") from None
+    missing = [c for c in KEY_COLUMNS if c not in table.column_names]
+    if missing:
+        raise StartupError(f"feature snapshot {path} lacks column(s) {', '.join(missing)}: "
+                           "not a churnlens feature snapshot (`churnlens features --as-of "
+                           "DATE` writes one)")
+    if table.num_rows == 0:
+        raise StartupError(f"feature snapshot {path} holds no customers (0 rows): write it "
+                           "for a date on which customers are active")
+    cutoff = table.column("cutoff")
+    if not pa.types.is_timestamp(cutoff.type) or cutoff.null_count:
+        raise StartupError(f"feature snapshot {path}: column cutoff must hold a timestamp on "
+                           f"every row (found {cutoff.type}, {cutoff.null_count} empty): not "
+                           "a churnlens feature snapshot")
+    ids = pc.cast(table.column("customer_id"), pa.string())
+    if ids.null_count:
+        raise StartupError(f"feature snapshot {path}: {ids.null_count} rows have no "
+                           "customer_id; it needs one row per customer")
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        extra = pc.sum(repeated.field("counts")).as_py() - len(repeated)
+        examples = repeated.field("values").to_pylist()[:3]
+        raise StartupError(f"feature snapshot {path} holds {extra} duplicate customer ids, "
+                           f"e.g. {examples}; it needs one row per customer")
+    return table.set_column(table.column_names.index("customer_id"), "customer_id", ids)
+
+
+def fit_snapshot(frame, model, path: str | None):
+    """FRAME (the snapshot's rows) checked against MODEL's features and coerced once."""
+    from churnlens.serving.core import FeatureInputError, check_features
+
+    try:
+        return check_features(model, frame).reset_index(drop=True)
+    except FeatureInputError as exc:
+        raise StartupError(f"feature snapshot {path} does not fit the model: {exc}; write it "
+                           "again with the features of this model (`churnlens features "
+                           "--as-of DATE`)") from None
