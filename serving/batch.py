@@ -7,9 +7,12 @@ the chunk, not with the base; a part is renamed into place only when complete, s
 job resumes (``resume=True``) from the parts it finished. The parts are then combined into
 ``OUT.tmp`` and renamed to ``OUT``, so a reader never sees a half-written file.
 
-Each part has a small JSON beside it with what the summary and the drift check need
-(`churnlens.serving.stats`), so a resumed job never re-reads finished chunks' features. Parts hold
-score records in `churnlens.serving.records.RECORD_SCHEMA`.
+A job holds ``OUT.lock`` throughout, and trusts a part only after checking it against the
+manifest (`churnlens.serving.parts`); the work folder is created, finished and removed in an
+order that no kill can make misleading (`churnlens.serving.workdir`). Each part's record holds
+what the summary and the drift check need (`churnlens.serving.stats`), so a resumed job never
+re-reads finished chunks' features. Parts hold score records in
+`churnlens.serving.records.RECORD_SCHEMA`.
 
 Two engines compute a chunk: ``local`` (`churnlens.serving.local.LocalEngine`: DuckDB +
 pandas in this process) and ``spark`` (`churnlens.serving.spark.SparkEngine`: Spark SQL
@@ -20,7 +23,6 @@ engines share is in `churnlens.serving.chunks`.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -31,19 +33,38 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
-from churnlens.features.loading import DataSet, load_source
+from churnlens.features.loading import DataSet, fingerprint, load_source
 from churnlens.features.relations import from_item
 from churnlens.features.shapes import resolve_churn
 from churnlens.features.spine import build_spine, cutoff_relation
 from churnlens.serving.chunks import BatchError, Chunk, Engine, plan_chunks
 from churnlens.serving.local import LocalEngine
+from churnlens.serving.parts import (
+    OutputLock,
+    check_part,
+    is_no_space,
+    part_record,
+    read_part,
+    write_json,
+    write_part,
+)
 from churnlens.serving.records import RECORD_SCHEMA
 from churnlens.serving.spark import SparkEngine
 from churnlens.serving.stats import chunk_stats, drift_report, merge_stats
+from churnlens.serving.workdir import (
+    MANIFEST_FORMAT,
+    META_KEY,
+    clear_leftovers,
+    drift_path,
+    manifest_digest,
+    open_parts,
+    parts_dir,
+    publish,
+    temporary,
+)
 from churnlens.settings import Settings
 from churnlens.training.bundle import ChurnModel
 
-MANIFEST_FORMAT = 1
 ENGINES = ("local", "spark")
 
 
@@ -83,8 +104,15 @@ def load_model(model_uri: str) -> ChurnModel:
     return model
 
 
-def parse_as_of(value: str, observed_until: pd.Timestamp) -> pd.Timestamp:
-    """The as-of date as a UTC midnight; BatchError when not a date or after the data."""
+def data_range(ds: DataSet) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The first sign-up date and the (exclusive) end of the observed data."""
+    first = ds.con.execute("SELECT min(signed_up_at) FROM customers").fetchall()[0][0]
+    return pd.Timestamp(first).normalize(), ds.observed_until
+
+
+def parse_as_of(value: str, data: tuple[pd.Timestamp, pd.Timestamp]) -> pd.Timestamp:
+    """The as-of date as a UTC midnight; BatchError when not a date or after DATA's range
+    (first sign-up, end of the data), naming that range."""
     try:
         as_of = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
@@ -93,48 +121,32 @@ def parse_as_of(value: str, observed_until: pd.Timestamp) -> pd.Timestamp:
         raise BatchError(f"as-of date {value!r} is not a date; use YYYY-MM-DD")
     as_of = as_of.tz_localize(None).normalize() if as_of.tz is None else (
         as_of.tz_convert("UTC").tz_localize(None).normalize())
-    if as_of > observed_until:
-        raise BatchError(f"as-of date {as_of.date()} is after the end of the data "
-                         f"({observed_until.date()}): features would miss records")
+    first, until = data
+    if as_of > until:
+        raise BatchError(f"as-of date {as_of.date()} is after the end of the data: "
+                         f"{_range_text(data)}; features would miss records, so pick a date "
+                         f"up to {until.date()}")
     return as_of
 
 
+def _range_text(data: tuple[pd.Timestamp, pd.Timestamp]) -> str:
+    first, until = data
+    return f"the data run from {first.date()} (first sign-up) to {until.date()} (exclusive)"
+
+
 def _manifest(as_of: pd.Timestamp, model: ChurnModel, model_uri: str, source: str,
-              observed_until: pd.Timestamp, chunk_size: int, chunks: list[Chunk]) -> dict:
+              ds: DataSet, chunk_size: int, chunks: list[Chunk]) -> dict:
     return {
         "format": MANIFEST_FORMAT,
         "as_of": str(as_of.date()),
         "model": {"uri": model_uri, **model.info_ref},
         "source": source,
-        "observed_until": str(observed_until.date()),
+        "observed_until": str(ds.observed_until.date()),
+        "data": fingerprint(ds),  # rows and content hash per table (`loading.fingerprint`)
         "chunk_size": chunk_size,
         "customers": sum(c.count for c in chunks),
         "chunks": [c.__dict__ for c in chunks],
     }
-
-
-def check_manifest(found: dict, wanted: dict, parts: Path) -> None:
-    """Raise BatchError naming every difference between a resumed job and the one on disk."""
-    keys = [("as_of", "as-of date"), ("source", "data source"),
-            ("observed_until", "end of data"), ("chunk_size", "chunk size")]
-    diffs = [f"{label}: {found.get(k)!r} on disk, {wanted[k]!r} now"
-             for k, label in keys if found.get(k) != wanted[k]]
-    for k in ("name", "version", "run_id"):
-        if found.get("model", {}).get(k) != wanted["model"][k]:
-            diffs.append(f"model {k}: {found.get('model', {}).get(k)!r} on disk, "
-                         f"{wanted['model'][k]!r} now")
-    if not diffs and found.get("chunks") != wanted["chunks"]:
-        diffs.append("the active customers differ (the data changed since the first run)")
-    if diffs:
-        raise BatchError(
-            f"cannot resume: {parts} belongs to a different job ({'; '.join(diffs)}); "
-            f"rerun with the same settings, or delete {parts} to start afresh")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -165,37 +177,19 @@ class BatchResult:
     drift: dict = field(default_factory=dict)
 
 
-def parts_dir(out: Path) -> Path:
-    """The work folder beside OUT holding the parts and the manifest."""
-    return out.with_name(out.name + ".parts")
-
-
-def drift_path(out: Path) -> Path:
-    return out.with_suffix(".drift.json")
-
-
-def _open_parts(job: BatchJob, manifest: dict, log: Log) -> Path:
-    parts = parts_dir(job.out)
-    path = parts / "manifest.json"
-    if path.exists():
-        if not job.resume:
-            raise BatchError(f"{parts} holds an unfinished job: pass --resume to finish it, or "
-                             f"delete {parts} to start afresh")
-        check_manifest(json.loads(path.read_text()), manifest, parts)
-        return parts
-    if job.resume:
-        log(f"note: nothing to resume at {parts}; starting afresh")
-    parts.mkdir(parents=True, exist_ok=True)
-    _write_json(path, manifest)
-    return parts
-
-
 def _score_chunks(engine: Engine, chunks: list[Chunk], parts: Path, reference: dict,
-                  progress: bool, ltv_horizon_days: int = 365) -> int:
-    """Score every chunk whose part is missing; return how many were already done."""
+                  progress: bool, log: Log, ltv_horizon_days: int = 365) -> int:
+    """Score every chunk whose part is missing or fails its check (`parts.check_part`);
+    return how many were trusted as done."""
     from tqdm import tqdm
 
-    done = {c.index for c in chunks if (parts / f"{c.part}.parquet").exists()}
+    done = set()
+    for c in chunks:
+        problem = check_part(c, parts)
+        if problem is None:
+            done.add(c.index)
+        elif problem != "missing":
+            log(f"note: {c.part} is scored again: {problem}")
     todo = [c for c in chunks if c.index not in done]
     bar = tqdm(total=sum(c.count for c in chunks),
                initial=sum(c.count for c in chunks if c.index in done),
@@ -203,15 +197,8 @@ def _score_chunks(engine: Engine, chunks: list[Chunk], parts: Path, reference: d
     with bar:
         for chunk in todo:
             records, features = engine.score(chunk)
-            if records.num_rows != chunk.count:
-                raise BatchError(f"chunk {chunk.index} gave {records.num_rows} records for "
-                                 f"{chunk.count} customers; the spine and features disagree")
-            # Stats first, part last: a part that exists always has its stats beside it.
-            _write_json(parts / f"{chunk.part}.stats.json",
-                        chunk_stats(features, records, reference, ltv_horizon_days))
-            tmp = parts / f"{chunk.part}.parquet.tmp"
-            pq.write_table(records, tmp)
-            tmp.replace(parts / f"{chunk.part}.parquet")
+            write_part(records, chunk, chunk_stats(features, records, reference,
+                                                   ltv_horizon_days), parts)
             bar.update(chunk.count)
             del records, features
             _release_free_memory()
@@ -238,15 +225,17 @@ def _release_free_memory() -> None:
 
 
 def _combine(chunks: list[Chunk], parts: Path, out: Path, manifest: dict) -> None:
-    """Concatenate the parts (one at a time) into OUT.tmp, then rename it to OUT."""
-    tmp = out.with_name(out.name + ".tmp")
-    meta = {b"churnlens": json.dumps({k: manifest[k] for k in
-                                       ("as_of", "model", "customers")}).encode()}
-    with pq.ParquetWriter(tmp, RECORD_SCHEMA.with_metadata(meta)) as writer:
-        for c in chunks:
-            part = pq.read_table(parts / f"{c.part}.parquet")
-            writer.write_table(part.replace_schema_metadata(meta))
-    tmp.replace(out)
+    """Concatenate the parts (one at a time, each checked against the manifest) into
+    OUT.tmp, whose metadata names the job (`workdir.manifest_digest`)."""
+    meta = {META_KEY: json.dumps({**{k: manifest[k] for k in ("as_of", "model", "customers")},
+                                  "job": manifest_digest(manifest)}).encode()}
+    try:
+        with pq.ParquetWriter(temporary(out), RECORD_SCHEMA.with_metadata(meta)) as writer:
+            for c in chunks:
+                writer.write_table(read_part(c, parts).replace_schema_metadata(meta))
+    except BaseException:
+        temporary(out).unlink(missing_ok=True)
+        raise
 
 
 def _open_engine(job: BatchJob, ds: DataSet, settings: Settings, model: ChurnModel,
@@ -261,14 +250,44 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
               spark=None) -> BatchResult:
     """Score every customer active at JOB.as_of into JOB.out (see the module docstring).
 
-    Raises BatchError (bad arguments, nothing to score, a resume that does not match the
-    unfinished job) and DataError (bad input data).
+    The job holds JOB.out's lock throughout (`churnlens.serving.parts.OutputLock`).
+    Raises BatchError (bad arguments, nothing to score, another job on the same output, a
+    resume that does not match the unfinished job, a full disk) and DataError (bad data).
     """
     t0 = time.perf_counter()
     if job.chunk_size < 1:
         raise BatchError(f"chunk size must be at least 1, got {job.chunk_size}")
     if job.engine not in ENGINES:
         raise BatchError(f"engine must be one of {', '.join(ENGINES)}, not {job.engine!r}")
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(job.out, log):
+        clear_leftovers(job.out, log)
+        try:
+            result = _run_locked(job, settings, log, progress, spark)
+        except (OSError, duckdb.IOException) as exc:
+            if not is_no_space(exc):
+                raise
+            raise _disk_full(job.out, exc) from None
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _disk_full(out: Path, exc: Exception) -> BatchError:
+    """The full-disk message, after deleting every temporary file the job had begun."""
+    parts = parts_dir(out)
+    removed = [p for p in [temporary(out), temporary(drift_path(out)),
+                           *(parts.glob("*.tmp") if parts.is_dir() else [])] if p.exists()]
+    for path in removed:
+        path.unlink()
+    done = len(list(parts.glob("part-*.json"))) if parts.is_dir() else 0
+    return BatchError(
+        f"no space left on the device while writing near {out} ({exc}); removed "
+        f"{len(removed)} temporary file(s); free some space (`df -h {out.parent}`) and rerun "
+        f"with --resume: the {done} finished part(s) in {parts} are kept")
+
+
+def _run_locked(job: BatchJob, settings: Settings, log: Log, progress: bool, spark
+                ) -> BatchResult:
     model = load_model(job.model_uri)
     source = str(job.source or settings.data.source)
     ds = load_source(source, settings.data.observed_until, horizon_days=settings.horizon_days,
@@ -276,37 +295,36 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
     try:
         for line in ds.report.lines():
             log(line)
-        as_of = parse_as_of(job.as_of, ds.observed_until)
+        data = data_range(ds)
+        as_of = parse_as_of(job.as_of, data)
         spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]),
                             resolve_churn(settings.churn, ds))
         if spine.shape[0] == 0:
-            raise BatchError(f"no customer is active as of {as_of.date()}; pick a date inside "
-                             f"the data (it ends {ds.observed_until.date()})")
+            raise BatchError(f"no customer is active as of {as_of.date()}: {_range_text(data)}; "
+                             "pick a date inside that range")
         ids = ds.con.sql(f"SELECT customer_id FROM {from_item(spine)} AS spine "
                          "ORDER BY customer_id").to_arrow_table()
         chunks = plan_chunks(ids.column(0).combine_chunks(), job.chunk_size)
         del ids
-        manifest = _manifest(as_of, model, job.model_uri, str(Path(source).resolve()),
-                             ds.observed_until, job.chunk_size, chunks)
+        manifest = _manifest(as_of, model, job.model_uri, str(Path(source).resolve()), ds,
+                             job.chunk_size, chunks)
         log(f"{manifest['customers']:,} customers active on {as_of.date()}, scored by "
             f"{model.info.get('name')} v{model.info.get('version')} in {len(chunks)} chunk(s) "
             f"of up to {job.chunk_size:,} on the {job.engine} engine")
-        job.out.parent.mkdir(parents=True, exist_ok=True)
-        parts = _open_parts(job, manifest, log)
+        parts = open_parts(job.out, manifest, job.resume, log)
         engine = _open_engine(job, ds, settings, model, spine, spark)
         try:
-            resumed = _score_chunks(engine, chunks, parts, model.reference, progress,
+            resumed = _score_chunks(engine, chunks, parts, model.reference, progress, log,
                                     model.ltv.horizon_days)
         finally:
             engine.close()
     finally:
         ds.con.close()
-    stats = merge_stats([json.loads((parts / f"{c.part}.stats.json").read_text())
-                         for c in chunks])
+    stats = merge_stats([part_record(c, parts)["stats"] for c in chunks])
     drift = drift_report(stats, model.reference, job.psi_threshold)
     drift.update(as_of=manifest["as_of"], model=manifest["model"], customers=stats["customers"])
-    _write_json(drift_path(job.out), drift)
+    write_json(temporary(drift_path(job.out)), drift)
     _combine(chunks, parts, job.out, manifest)
-    shutil.rmtree(parts)
+    publish(job.out, parts)
     return BatchResult(job.out, drift_path(job.out), stats["customers"], len(chunks), resumed,
-                       time.perf_counter() - t0, model.currency, stats, drift)
+                       0.0, model.currency, stats, drift)

@@ -220,8 +220,11 @@ def test_killed_job_resumes_to_the_uninterrupted_output(env, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{done} resumed" in resumed.stdout
+    # The killed job's lock is still on disk, and recognised as stale: its process is gone.
+    assert f"left by a job that no longer runs (pid {proc.pid} on " in resumed.stdout
     assert pq.read_table(out).equals(pq.read_table(ref))
     assert not parts.exists() and not out.with_name(out.name + ".tmp").exists()
+    assert not out.with_name(out.name + ".lock").exists()
 
 
 def test_records_round_trip_through_parquet_layout():
