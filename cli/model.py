@@ -46,8 +46,9 @@ def add_commands(sub, parents) -> None:
                    help="data source folder or .duckdb file (default: data.source in the "
                         "settings)")
     p.add_argument("--promote", choices=["auto", "force", "never"], default="auto",
-                   help="auto: the champion alias moves only if the new model wins on the same "
-                        "test rows; force: always; never: register only")
+                   help="auto: the champion alias moves only if the new model beats the "
+                        "logistic baseline and the base rate (README: Promotion) and wins on "
+                        "the same test rows; force: always; never: register only")
     p.set_defaults(run=train)
 
     p = add_command(sub, "report", "write the HTML report of a training run again", parents)

@@ -244,8 +244,7 @@ def _tracked(settings: Settings, source, promote: str, params_path: Path | None,
         stage.detail = (f"params, {len(ev.metrics)} metrics, {len(images)} plots, 4 datasets "
                         f"and the model to run {run.info.run_name}")
     with stages("registry") as stage:
-        gate = register_and_gate(model_uri, name, ev.metrics["test.risk.roc_auc"], split.test,
-                                 promote)
+        gate = register_and_gate(model_uri, name, ev.metrics, split.test, promote)
         stage.detail = (f"{name} v{gate.version}: "
                         f"{'promoted to champion' if gate.promoted else 'not promoted'}, "
                         f"{gate.reason}")

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from churnlens.settings import MlflowSettings
 from churnlens.training.bundle import ChurnModel
+from churnlens.training.evaluation import promotion_floor
 from churnlens.training.progress import mlflow_prints_off
 from churnlens.training.scoring import score_frame
 
@@ -192,15 +193,18 @@ class GateResult:
     champion_auc: float | None
 
 
-def register_and_gate(model_uri: str, name: str, challenger_auc: float, test: pd.DataFrame,
-                      promote: str = "auto") -> GateResult:
-    """Register the model; move the champion alias only when it wins on the same test rows.
+def register_and_gate(model_uri: str, name: str, metrics: dict[str, float],
+                      test: pd.DataFrame, promote: str = "auto") -> GateResult:
+    """Register the model; move the champion alias only when it clears the promotion floor
+    (`evaluation.promotion_floor`: beats the logistic baseline and the base rate on the test
+    slice) and wins against the champion on the same test rows.
 
-    promote: "auto" compares test ROC-AUC with the current champion scored on the SAME test
-    rows; "force" always moves the alias; "never" registers only.
+    metrics: the run's `test.*` metrics. promote: "auto" as above (a first champion too must
+    clear the floor); "force" always moves the alias; "never" registers only.
     """
     from sklearn.metrics import roc_auc_score
 
+    challenger_auc = metrics["test.risk.roc_auc"]
     client = MlflowClient()
     with mlflow_prints_off():
         version = mlflow.register_model(model_uri, name).version
@@ -214,12 +218,16 @@ def register_and_gate(model_uri: str, name: str, challenger_auc: float, test: pd
         labelled = test[test["churned"].notna()]
         probs = score_frame(champ, labelled)["churn_probability"]
         champion_auc = float(roc_auc_score(labelled["churned"].astype(int), probs))
+    clears, floor = promotion_floor(metrics)
     if promote == "never":
         promoted, reason = False, "promotion disabled (--promote never)"
     elif promote == "force":
-        promoted, reason = True, "promotion forced (--promote force)"
+        promoted = True
+        reason = "promotion forced (--promote force)" + ("" if clears else f"; {floor}")
+    elif not clears:
+        promoted, reason = False, f"{floor}; `--promote force` promotes it anyway"
     elif current is None:
-        promoted, reason = True, "no champion yet"
+        promoted, reason = True, f"no champion yet; it {floor}"
     elif challenger_auc > champion_auc:
         promoted = True
         reason = (f"challenger AUC {challenger_auc:.4f} beats champion v{current.version} "
