@@ -91,6 +91,11 @@ class Workspace:
         self.categories = {f.name: _codes(frame[f.name]) for f in model.features
                            if f.kind == "category" and f.name in frame.columns}
         self.month, self.month_labels = _renewal_months(self.as_of, self.renewal)
+        # The summary's (renewal month, tier) cell of each account, and its weight.
+        month = np.where(self.month >= 0, self.month, len(self.month_labels))
+        self.cell = (month * len(TIER_NAMES) + self.tier).astype(np.int32)
+        self.risk_weight = np.nan_to_num(self.at_risk)
+        self._everyone: dict | None = None
         self.orders = {key: _order(self._sort_values(key), desc) for key, desc in SORTS.items()}
         self.id_order = np.argsort(self.ids.astype(str), kind="stable")
         self.sorted_ids = self.ids.astype(str)[self.id_order]
@@ -116,8 +121,8 @@ class Workspace:
             unknown = [t for t in filters.tiers if t not in TIER_NAMES]
             if unknown:
                 raise QueryError(f"tier: {unknown} not a risk tier; use {TIER_NAMES.tolist()}")
-            codes = [TIER_NAMES.tolist().index(t) for t in filters.tiers]
-            keep &= np.isin(self.tier, codes)
+            allowed = np.isin(TIER_NAMES, filters.tiers)  # a lookup table by tier code
+            keep &= allowed[self.tier]
         for name, level in filters.attributes.items():
             if name not in self.categories:
                 raise QueryError(f"{name}: not a category attribute of this model; use one "
@@ -177,24 +182,29 @@ class Workspace:
         return [d[0] if d else None for d in scored.drivers]
 
     def summary(self, keep: np.ndarray | None) -> dict:
-        """Revenue at risk by renewal month and the tier mix, over the accounts in KEEP."""
-        sel = slice(None) if keep is None else keep
-        at_risk = np.nan_to_num(self.at_risk[sel])
-        month, tier = self.month[sel], self.tier[sel]
-        buckets = len(self.month_labels)
-        known = month >= 0
-        by_month = np.bincount(month[known], weights=at_risk[known], minlength=buckets)
-        counts = np.bincount(tier, minlength=len(TIER_NAMES))
-        risk = np.bincount(tier, weights=at_risk, minlength=len(TIER_NAMES))
+        """Revenue at risk by renewal month and the tier mix, over the accounts in KEEP
+        (None: all, computed once). One bincount over (month, tier) cells gives both."""
+        if keep is None:
+            if self._everyone is None:
+                self._everyone = self._summary(self.cell, self.risk_weight)
+            return self._everyone
+        return self._summary(self.cell[keep], self.risk_weight[keep])
+
+    def _summary(self, cell: np.ndarray, weight: np.ndarray) -> dict:
+        tiers, months = len(TIER_NAMES), len(self.month_labels)
+        shape = (months + 1, tiers)  # the last month row: no renewal date
+        counts = np.bincount(cell, minlength=shape[0] * tiers).reshape(shape)
+        risk = np.bincount(cell, weights=weight, minlength=shape[0] * tiers).reshape(shape)
         return {
-            "customers": int(tier.size),
-            "revenue_at_risk": float(at_risk.sum()),
-            "by_renewal_month": [{"month": m, "revenue_at_risk": float(v)}
-                                 for m, v in zip(self.month_labels, by_month, strict=True)],
-            "no_renewal_date": {"customers": int((~known).sum()),
-                                "revenue_at_risk": float(at_risk[~known].sum())},
+            "customers": int(cell.size),
+            "revenue_at_risk": float(risk.sum()),
+            "by_renewal_month": [{"month": m, "revenue_at_risk": float(v)} for m, v in
+                                 zip(self.month_labels, risk[:months].sum(axis=1), strict=True)],
+            "no_renewal_date": {"customers": int(counts[months].sum()),
+                                "revenue_at_risk": float(risk[months].sum())},
             "tiers": [{"tier": str(t), "customers": int(c), "revenue_at_risk": float(r)}
-                      for t, c, r in zip(TIER_NAMES, counts, risk, strict=True)],
+                      for t, c, r in zip(TIER_NAMES, counts.sum(axis=0), risk.sum(axis=0),
+                                         strict=True)],
         }
 
     def curve(self, position: int) -> list[dict]:
