@@ -198,3 +198,49 @@ def test_tier_uses_configured_thresholds():
     assert [tiers.tier(p) for p in (0.19, 0.2, 0.39, 0.4, 0.79, 0.8)] == [
         "low", "medium", "medium", "high", "high", "critical"
     ]
+
+
+# --- to the letter: duplicate keys, booleans and quoted numbers -----------------------------
+
+
+@pytest.mark.parametrize(("text", "key", "lines"), [
+    ("horizon_days: 60\nhorizon_days: 90\n", "horizon_days", "1 and 2"),
+    ("churn:\n  grace_days: 7\n  definition: auto\n  grace_days: 0\n", "grace_days", "2 and 4"),
+])
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, text, key, lines):
+    path = write_params(tmp_path, text)
+    with pytest.raises(SettingsError, match=rf"^{re.escape(str(path))}: key '{key}' appears "
+                       rf"twice \(lines {lines}\); keep one of them$"):
+        load_settings(path)
+
+
+def test_a_merge_key_may_be_overridden(tmp_path):
+    path = write_params(tmp_path, "ltv: &base {horizon_days: 180, currency: EUR}\n"
+                        "tiers: {medium: 0.1}\n")
+    assert load_settings(path).ltv.horizon_days == 180
+    merged = write_params(tmp_path, "x: &base {grace_days: 3}\nchurn: {<<: *base, "
+                          "grace_days: 5}\n")
+    with pytest.raises(SettingsError, match=r"x: unknown key"):
+        load_settings(merged)  # the merge itself parsed; only the anchor's key is unknown
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("horizon_days: true\n", "horizon_days"),
+    ("ltv: {annual_discount_rate: on}\n", "ltv.annual_discount_rate"),
+    ("features: {windows: [7, 30, yes]}\n", "features.windows"),
+    ("features: {value_event: no}\n", "features.value_event"),
+])
+def test_a_boolean_is_not_a_number_or_a_name(tmp_path, text, key):
+    path = write_params(tmp_path, text)
+    with pytest.raises(SettingsError, match=rf"^{re.escape(str(path))}: {re.escape(key)}: .*a "
+                       r"boolean \(YAML reads true/false/yes/no/on/off as one\) is not a valid "
+                       r"value here"):
+        load_settings(path)
+
+
+def test_a_quoted_number_is_text(tmp_path):
+    path = write_params(tmp_path, 'horizon_days: "90"\n')
+    with pytest.raises(SettingsError, match=r"horizon_days: .*a quoted number is text; write "
+                       r"the number without quotes \(got '90'\)"):
+        load_settings(path)
+    assert load_settings(write_params(tmp_path, "ltv: {currency: '123'}\n")).ltv.currency == "123"

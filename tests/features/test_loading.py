@@ -248,3 +248,111 @@ def test_tz_aware_frames_are_converted_to_naive_utc():
     assert rows(ds, "SELECT min(occurred_at) FROM events") == [
         (pd.Timestamp("2024-01-01 00:00:00").to_pydatetime(),)
     ]
+
+
+# --- the end of the data -------------------------------------------------------------------
+
+
+def _busy_events(days: int = 30, per_day: int = 40) -> pd.DataFrame:
+    moments = pd.date_range("2024-01-05", periods=days, freq="D").repeat(per_day)
+    return pd.DataFrame({"customer_id": "c1", "occurred_at": moments, "event": "login"})
+
+
+def test_a_thin_tail_does_not_move_the_inferred_end():
+    frames = tables()
+    late = pd.DataFrame({"customer_id": ["c1", "c3"], "event": "login",
+                         "occurred_at": pd.to_datetime(["2024-03-20", "2024-04-02"])})
+    frames["events"] = pd.concat([_busy_events(), late], ignore_index=True)
+    ds = load_source(frames, now=pd.Timestamp("2025-01-01"))
+    # 40 events a day to 2024-02-03; 1 a day later is under 5% of that typical day.
+    assert ds.observed_until == pd.Timestamp("2024-02-04")
+    assert ds.report.set_aside["events"] == {
+        "occurred_at after the inferred end of the data (a thin tail) 2024-02-04 (e.g. values "
+        "'2024-03-20 00:00:00', '2024-04-02 00:00:00'; customers 'c1', 'c3')": 2}
+    assert ds.report.rows_kept["events"] == 30 * 40
+    assert ds.report.lines()[0].endswith(
+        "observed until 2024-02-04 (inferred: the day after 2024-02-03, the last day with at "
+        "least 5% of a typical day's records of a table, 40 events; data.observed_until sets it)")
+
+
+def test_records_after_the_load_time_are_set_aside_and_do_not_move_the_end():
+    frames = tables()
+    frames["payments"] = pd.concat([frames["payments"], pd.DataFrame({
+        "customer_id": ["c1", "c2"], "occurred_at": ["2024-06-01", "2099-01-01"],
+        "amount": [10.0, 10.0], "status": "paid"})], ignore_index=True)
+    ds = load_source(frames, now=pd.Timestamp("2024-05-01 12:00"))
+    assert ds.report.set_aside["payments"] == {
+        "occurred_at after the load time 2024-05-01 12:00 UTC: not happened yet (e.g. values "
+        "'2024-06-01 00:00:00', '2099-01-01 00:00:00'; customers 'c1', 'c2')": 2}
+    assert ds.observed_until == pd.Timestamp("2024-02-03")  # as without those payments
+    assert ds.report.last_dates["payments"] == "2024-01-10"
+
+
+def test_a_customer_set_aside_takes_their_rows_along():
+    frames = tables()
+    frames["customers"].loc[2, "signed_up_at"] = "2030-01-01"  # c3, who has one event
+    frames["events"].loc[2, "occurred_at"] = "2024-01-20"
+    ds = load_source(frames, now=pd.Timestamp("2025-01-01"))
+    assert ds.report.rows_kept["customers"] == 2 and ds.report.rows_kept["events"] == 2
+    assert list(ds.report.set_aside["events"].values()) == [1]
+    assert "of a customer set aside above" in next(iter(ds.report.set_aside["events"]))
+
+
+def test_each_table_shows_its_last_date_and_a_stale_one_is_marked():
+    frames = tables()
+    frames["events"] = _busy_events()
+    ds = load_source(frames, now=pd.Timestamp("2025-01-01"))
+    assert ds.report.last_dates == {
+        "customers": "2024-02-01", "subscriptions": "2024-01-10", "events": "2024-02-03",
+        "payments": "2024-01-10", "tickets": "2024-01-03", "surveys": "2024-01-20"}
+    lines = ds.report.lines()
+    assert "  tickets: 1 rows read, 1 kept, last 2024-01-03 (32 days before the end of the " \
+           "data: is this table up to date?)" in lines
+    assert "  surveys: 1 rows read, 1 kept, last 2024-01-20" in lines
+    assert any(line.startswith("tables: customers 3 rows, last 2024-02-01;")
+               for line in ds.report.brief())
+
+
+def test_as_of_must_lie_inside_the_data():
+    from churnlens.features.extent import check_as_of
+
+    ds = load_source(tables())
+    assert check_as_of(ds, "2024-02-03") == pd.Timestamp("2024-02-03")
+    for day in ("2024-01-01", "2024-02-04"):
+        with pytest.raises(DataError, match=rf"^--as-of {day} is outside the data, which run "
+                           r"from the first signup on 2024-01-01 to 2024-02-03: pick a date "
+                           r"after 2024-01-01 and at most 2024-02-03$"):
+            check_as_of(ds, day)
+
+
+# --- suspicious records ----------------------------------------------------------------------
+
+
+def test_suspicious_records_are_counted_and_handled():
+    frames = tables()
+    frames["customers"].loc[1, "signed_up_at"] = "2024-01-15"  # c2 subscribed on 2024-01-10
+    frames["payments"] = pd.concat([frames["payments"]] + [frames["payments"].iloc[[0]]] * 2,
+                                   ignore_index=True)
+    ds = load_source(frames, value_event="first_report")
+    assert rows(ds, "SELECT signed_up_at FROM customers WHERE customer_id = 'c2'") == [
+        (pd.Timestamp("2024-01-10").to_pydatetime(),)]
+    assert rows(ds, "SELECT count(*), sum(amount) FROM payments") == [(2, 150.0)]
+    assert ds.report.set_aside["payments"] == {
+        "exact copies of another payment (same customer, occurred_at, amount and status; 3 "
+        "rows in all, e.g. customers 'c1'): each payment kept once": 2}
+    assert ds.report.checks["customers"][0].startswith(
+        "1 signed_up_at after the customer's first subscription start (e.g. 'c2'): moved back")
+    assert ds.report.checks["events"] == [
+        "features.value_event 'first_report' never occurs in the 3 events (the most frequent: "
+        "login, report_created): the first-value features are empty; set "
+        "features.value_event to the event that marks a customer's first value"]
+    assert "subscriptions" not in ds.report.checks  # c1 and c2 overlap nobody
+
+
+def test_unread_frames_and_files_are_listed(tmp_path):
+    ds = load_source({**tables(), "Tickets_old": tables()["tickets"]})
+    assert ds.report.unread == ["frame 'Tickets_old' (not a contract table)"]
+    folder = make_source(tables(), "parquet", tmp_path)
+    (folder / "customers.csv").write_text("customer_id,signed_up_at\n")
+    ds = load_source(folder)
+    assert ds.report.unread == ["customers.csv (customers was read from customers.parquet)"]
