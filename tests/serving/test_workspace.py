@@ -7,8 +7,11 @@ from the numpy paths the workspace takes.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import re
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -167,3 +170,12 @@ def test_page_loads_nothing_from_outside(client):
     html = response.text
     assert "/*WORKSPACE_JS*/" not in html and "function showList" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+
+
+def test_page_files_are_package_data():
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["churnlens.serving"]
+    files = [p.relative_to(root / "serving").as_posix()
+             for p in (root / "serving" / "static").iterdir()]
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files)
