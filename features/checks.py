@@ -111,6 +111,10 @@ def attribute_kinds(con, spec: TableSpec, cols, report) -> dict[str, str]:
     extra = [c for c in cols if c not in {col.name for col in spec.columns}]
     if not extra:
         return {}
+    quoted = [c for c in extra if '"' in c]
+    if quoted:  # an attribute's name becomes a feature column's name in every feature query
+        raise DataError(f"table customers: column name(s) {', '.join(map(repr, quoted))} hold "
+                        'a double quote ("); rename them (letters, digits, _ and spaces)')
     numeric = ", ".join(
         f"count({quote_ident(c)}), count(*) FILTER (WHERE {quote_ident(c)} IS NOT NULL AND "
         f"NOT coalesce(isfinite(TRY_CAST({quote_ident(c)} AS DOUBLE)), false))" for c in extra)

@@ -196,6 +196,13 @@ def quoted_path(tables: Tables, folder: Path) -> Path:
     return write(copy(tables), folder / "it's \"data\"; DROP TABLE customers; --")
 
 
+def attribute_named(name: str):
+    def change(t: Tables) -> Tables:
+        t["customers"] = t["customers"].assign(**{name: "x"})
+        return t
+    return change
+
+
 def empty_customers(t: Tables) -> Tables:
     t["customers"] = t["customers"].head(0)
     return t
@@ -308,6 +315,10 @@ CASES = [
     Case("path-with-quotes", quoted_path, 0, r"customers: 300 rows read, 300 kept"),
     Case("duckdb-path-with-a-quote", database(name="it's.duckdb"), 0,
          r"customers: 300 rows read, 300 kept"),
+    Case("attribute-name-with-quotes", tables_in(attribute_named('a" , 1 AS "b')), 2,
+         r"""table customers: column name\(s\) 'a" , 1 AS "b' hold a double quote"""),
+    Case("attribute-name-with-sql", tables_in(attribute_named("it's; DROP TABLE x")), 0,
+         r"feature snapshot of \d+ customers active on 2026-10-01"),
     Case("customers-empty", tables_in(empty_customers), 2,
          r"table customers \(.*customers.parquet\) has no rows: churnlens needs one row per "
          r"customer"),
