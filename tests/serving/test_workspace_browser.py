@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # the dev extra; no browser download: Debian's chromium
+
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install "
                     "chromium; .ci/run does)")
@@ -108,6 +109,7 @@ def test_workspace_page(browser, server, http, tmp_path):
         f"{100 * expected['after']['churn_probability']:.1f}%")
     page.screenshot(path=tmp_path / "4-what-if.png", full_page=True)
 
+    assert page.is_hidden("#keyform")  # asked once: the account page and what-if reused it
     assert errors == []
     origin = urlsplit(server.url).netloc
     foreign = [u for u in requests if not u.startswith(("data:", "blob:"))
