@@ -51,15 +51,16 @@ class FeatureFrame:
 
 
 def build_events_daily(con: duckdb.DuckDBPyConnection, fs: FeatureSettings,
-                       sources: Sources = LOADED,
-                       event_types: Sequence[str] = ()) -> duckdb.DuckDBPyRelation:
+                       sources: Sources = LOADED, event_types: Sequence[str] = (),
+                       running_totals: bool = True) -> duckdb.DuckDBPyRelation:
     """The events of SOURCES rolled up per customer and day (`events_daily_sql`), computed once.
 
     event_types: the types counted one by one (`churnlens.features.catalog.event_types_of`
-    the features that will read the rollup). The relation reads a temporary table
-    (`relations.drop` removes it).
+    the features that will read the rollup); running_totals: False for a rollup read for
+    one cutoff only. The relation reads a temporary table (`relations.drop` removes it).
     """
-    return materialise(con, events_daily_sql(fs, sources.events, event_types), "events_daily")
+    return materialise(con, events_daily_sql(fs, sources.events, event_types, running_totals),
+                       "events_daily")
 
 
 def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelation,
@@ -79,12 +80,15 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     cutoff, FEATURES (numeric ones float64) and LABEL_COLUMNS if given.
     """
     features = feature_list(fs, attributes) if features is None else features
-    own_daily = (build_events_daily(con, fs, sources, event_types_of(features))
+    one_cutoff = con.sql(f"SELECT count(DISTINCT cutoff) <= 1 FROM {from_item(spine)} AS spine"
+                         ).fetchall()[0][0]
+    own_daily = (build_events_daily(con, fs, sources, event_types_of(features),
+                                    running_totals=not one_cutoff)
                  if daily is None else None)
     try:
         sql = feature_sql(fs, features, spine=from_item(spine),
                           daily=from_item(daily if daily is not None else own_daily),
-                          sources=sources)
+                          sources=sources, one_cutoff=one_cutoff)
         if labels is not None:
             columns = ", ".join(f"label.{c}" for c in LABEL_COLUMNS)
             sql = (f"SELECT feature.*, {columns} FROM ({sql}) AS feature "

@@ -14,24 +14,29 @@ from collections.abc import Sequence
 
 import duckdb
 
-from churnlens.features.exact_sums import exact_sum
+from churnlens.features.exact_sums import DECIMAL, exact_sum
 from churnlens.features.known import days_between, latest_before, sql_string, utc_day, visible
 from churnlens.settings import FeatureSettings
 
 
-def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str] = ()) -> str:
+def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str] = (),
+                     running_totals: bool = True) -> str:
     """Events of EVENTS per customer and day: total quantity, a bit per event type, value events.
 
     Event types beyond 64 share bits (their index modulo 64), so breadth is then a floor.
     Each of EVENT_TYPES (the types with features of their own, `choose_event_types`) adds
-    type{i}_quantity, its quantity that day, and type{i}_total, its running total up to and
-    including that day.
+    type{i}_quantity, its quantity that day, and (with RUNNING_TOTALS) type{i}_total, its
+    running total up to and including that day, which `recency_sql` reads for many cutoffs;
+    for one cutoff it sums the days itself, and the running totals (a window over every
+    day, most of the rollup's time) are not needed.
     """
     per_type = "".join(f",\n {exact_sum('quantity', f'event = {sql_string(t)}')} "
                        f"AS type{i}_quantity" for i, t in enumerate(event_types))
-    running = "".join(f", sum(coalesce(type{i}_quantity, 0)) OVER (PARTITION BY customer_id "
-                      f"ORDER BY occurred_at ROWS UNBOUNDED PRECEDING) AS type{i}_total"
-                      for i in range(len(event_types)))
+    # Exact running sums: equal to the sums recency_sql takes for one cutoff, bit for bit.
+    running = "".join(f", CAST(sum(CAST(coalesce(type{i}_quantity, 0) AS {DECIMAL})) OVER ("
+                      "PARTITION BY customer_id ORDER BY occurred_at ROWS UNBOUNDED PRECEDING) "
+                      f"AS DOUBLE) AS type{i}_total"
+                      for i in range(len(event_types)) if running_totals)
     return f"""
         WITH type_bits AS (
             SELECT event, row_number() OVER (ORDER BY event) - 1 AS type_index
@@ -91,10 +96,29 @@ def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 
     """
 
 
-def recency_sql(daily: str, cutoffs: str, event_types: int = 0) -> str:
+def recency_sql(daily: str, cutoffs: str, event_types: int = 0, one_cutoff: bool = False
+                ) -> str:
     """Per customer and cutoff: days since the last active day before it, and with
-    EVENT_TYPES chosen types in the rollup, each type's total since signup (type{i}_total)."""
+    EVENT_TYPES chosen types in the rollup, each type's total since signup (type{i}_total).
+
+    one_cutoff: CUTOFFS holds a single cutoff, so the days before it are summed directly (a
+    join on one cutoff), and DAILY needs no running totals; otherwise each cutoff reads the
+    running totals of its last day before it.
+    """
     totals = [f"type{i}_total" for i in range(event_types)]
+    if one_cutoff:
+        # Integer-valued sums are exact; a fractional day quantity summed in another order
+        # than the running total's could differ in its last bit, hence the exact sum.
+        sums = "".join(f", {exact_sum(f'record.type{i}_quantity')} AS type{i}_total"
+                       for i in range(event_types))
+        return f"""
+            SELECT record.customer_id, known_at.cutoff{sums},
+                   {days_between('max(record.occurred_at)', 'known_at.cutoff')}
+                       AS days_since_last_event
+            FROM {daily} AS record JOIN {cutoffs} AS known_at
+              ON record.occurred_at < known_at.cutoff
+            GROUP BY record.customer_id, known_at.cutoff
+        """
     last = latest_before(daily, totals, cutoffs=cutoffs, time_column="occurred_at")
     return f"""
         SELECT customer_id, cutoff{''.join(f', {t}' for t in totals)},

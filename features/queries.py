@@ -201,11 +201,11 @@ def _select(fs: FeatureSettings, features: Sequence[Feature],
 
 
 def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spine: str,
-           daily: str, sources: Sources) -> list[tuple[str, str]]:
+           daily: str, sources: Sources, one_cutoff: bool) -> list[tuple[str, str]]:
     """The CTEs (name, SQL) the feature columns read, in dependency order."""
     builders = {
         "usage": lambda: usage_sql(fs, daily, "cutoffs", len(event_types)),
-        "recency": lambda: recency_sql(daily, "cutoffs", len(event_types)),
+        "recency": lambda: recency_sql(daily, "cutoffs", len(event_types), one_cutoff),
         "first_value_dates": lambda: first_value_sql(fs, sources.events),
         "contract": lambda: _subscription_sql(sources.subscriptions, spine),
         "billing": lambda: payment_sql(sources.payments, "cutoffs"),
@@ -217,14 +217,15 @@ def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spin
 
 
 def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str, daily: str,
-                sources: Sources = LOADED) -> str:
+                sources: Sources = LOADED, one_cutoff: bool = False) -> str:
     """One query giving customer_id, cutoff and each of FEATURES for each row of SPINE.
 
     features: from `churnlens.features.catalog.feature_plan` (or a trained model's list);
     spine: from-item of (customer_id, cutoff) rows, each once; daily: from-item of the daily
     event rollup of `events_daily_sql` over the same customers, built with the event types
     `event_types_of(FEATURES)` (read only by event features); sources: where the contract
-    tables are. lifecycle_stage has a renewal stage
+    tables are; one_cutoff: SPINE holds a single cutoff, and DAILY may lack the running
+    totals (`events_daily_sql(..., running_totals=False)`). lifecycle_stage has a renewal stage
     exactly when days_to_renewal is among FEATURES. Columns come in the order of FEATURES,
     after customer_id and cutoff. Raises ValueError for a feature it does not know.
     """
@@ -239,7 +240,8 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
                        f"<= {fs.renewal_window_days} AS stage_renewal")
     tenure = days_between("customer.signed_up_at", "spine.cutoff")
     ctes = "".join(f",\n {name} AS ({sql})" for name, sql in
-                   _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources))
+                   _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources,
+                          one_cutoff=one_cutoff))
     joins = "\n".join(
         f"LEFT JOIN {name} ON {name}.customer_id = spine.customer_id"
         + ("" if name == "first_value_dates" else f" AND {name}.cutoff = spine.cutoff")
