@@ -144,15 +144,22 @@ def _read_file(con, name: str, path: Path) -> None:
 def unreadable(path: Path | str, exc: duckdb.Error) -> DataError:
     """The DataError for a file DuckDB could not read: the file, the likely cause, the fix."""
     detail = str(exc).splitlines()[0]
-    text = str(exc).lower()
+    text, where = str(exc).lower(), str(path).lower()
+    if "no space left" in text:
+        return DataError(f"reading {path} filled the disk (DuckDB spills large tables to "
+                         "its temporary folder); free some space and run again "
+                         f"(DuckDB: {detail})")
     if "unicode" in text or "utf-8" in text or "utf8" in text:
         cause = "it is not UTF-8 text; save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
-    elif str(path).lower().endswith(".csv"):
+    elif where.endswith(".csv"):
         cause = "it is not a well-formed CSV file; check its quoting and delimiters"
-    else:
+    elif where.endswith(".parquet"):
         cause = ("it is truncated or not a parquet file (e.g. cut off while being copied); "
                  "export it again")
-    return DataError(f"file {path} cannot be read: {cause} (DuckDB: {detail})")
+    else:
+        cause = "its data do not read; export it again"
+    return DataError(f"{'' if where.startswith(('frame', 'table')) else 'file '}{path} cannot "
+                     f"be read: {cause} (DuckDB: {detail})")
 
 
 def _register_database(con, path: Path, report: LoadReport) -> dict[str, str]:
