@@ -29,8 +29,9 @@ CHAMPION = "models:/{name}@champion"
 def add_commands(sub, parents) -> None:
     p = add_command(sub, "score", "score every customer active on a date into parquet",
                     parents, details="Chunked (bounded memory), written atomically, resumable "
-                    "with --resume; local or\non Apache Spark. Prints revenue at risk per "
-                    "tier; writes a drift report beside\nthe output.")
+                    "with --resume; local or\non Apache Spark. One job at a time per --out "
+                    "(OUT.lock); every part is checked\nbefore it is used. Prints revenue at "
+                    "risk per tier; writes a drift report\nbeside the output.")
     p.add_argument("--as-of", type=iso_date, required=True, metavar="DATE",
                    help="YYYY-MM-DD: score the customers active on DATE")
     p.add_argument("--out", type=Path, required=True, metavar="PATH", help="output parquet")
@@ -55,7 +56,9 @@ def add_commands(sub, parents) -> None:
 
     p = add_command(sub, "serve", "serve scores over HTTP for customer-success tools",
                     parents, details="A BentoML service with the model and the feature snapshot "
-                    "loaded once; set\nCHURNLENS_API_KEY to require a key. Ctrl+C stops it.")
+                    "checked and loaded once\n(a bad one ends the command with one message); set "
+                    "CHURNLENS_API_KEY to require a\nkey. Ctrl+C or SIGTERM stops it after the "
+                    "calls in flight.")
     p.add_argument("--host", help="interface to bind (default: serving.host in the settings, "
                                   "127.0.0.1)")
     p.add_argument("--port", type=port, metavar="N", help="port (default: serving.port in the settings, 3000)")
@@ -129,7 +132,8 @@ def serve(args: argparse.Namespace) -> None:
     # BentoML's usage tracking stays off unless the user opts in (BENTOML_DO_NOT_TRACK=False).
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     # An unreachable tracking server fails within the timeout instead of minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(args.registry_timeout))))
+    # (the request's own timeout is a backstop: the fetching child is stopped at the limit)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(round(args.registry_timeout) + 5))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.update({"MLFLOW_TRACKING_URI": store,
                        "CHURNLENS_MAX_PAGE_SIZE": str(settings.serving.max_page_size)})

@@ -100,6 +100,19 @@ class HttpGuard:
         return given is not None and hmac.compare_digest(given.encode(), self.key.encode())
 
 
+def json_response(body):
+    """BODY (score records: dicts of str, finite float, int and None) as a JSON response.
+
+    A scoring endpoint returns this instead of its pydantic models: BentoML then sends it
+    as is, instead of validating every record into models and dumping them again, which
+    took longer than scoring a page. The records' shape is the published schema's (the
+    OpenAPI and fuzz tests check answers against it); a NaN left anywhere is a 500.
+    """
+    from starlette.responses import Response
+
+    return Response(json.dumps(body, allow_nan=False).encode(), media_type="application/json")
+
+
 def _replay(messages: list[dict]):
     """An ASGI `receive` that gives MESSAGES, then waits for the client to disconnect."""
     queue = list(messages)

@@ -17,7 +17,9 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,21 +54,51 @@ class ModelFetch:
 
     cache_dir: root of the per-store, per-version cache (None: download to a temporary
     folder, removed by `close`). timeout_s: how long the store may take to answer.
+    in_child: False fetches in this process when `result` is called (a `bentoml serve`
+    worker, whose threads make forking unsafe); the store is then bounded only by
+    MLFLOW_HTTP_REQUEST_TIMEOUT. on_error: called with the message as soon as the fetch
+    fails (from a watcher thread, while this process may still be importing), so a
+    missing model or a silent store ends start-up without waiting for the imports.
     """
 
-    def __init__(self, uri: str, cache_dir: Path | None, timeout_s: float):
+    def __init__(self, uri: str, cache_dir: Path | None, timeout_s: float,
+                 in_child: bool = True, on_error: Callable[[str], None] | None = None):
         self.uri, self.timeout_s = uri, timeout_s
         self.scratch = Path(tempfile.mkdtemp(prefix="churnlens-model-"))
         self.cache_dir = cache_dir
+        self.child = self.watcher = None
+        if not in_child:
+            return
         context = multiprocessing.get_context("fork")
         self.conn, child_conn = context.Pipe(duplex=False)
         self.child = context.Process(target=_child, daemon=True, name="churnlens-model-fetch",
                                      args=(child_conn, uri, cache_dir, self.scratch))
         self.child.start()
         child_conn.close()
+        self.watcher = threading.Thread(target=self._watch, args=(on_error,), daemon=True)
+        self.watcher.start()
+
+    def _watch(self, on_error: Callable[[str], None] | None) -> None:
+        try:
+            self.outcome = ("done", self._wait())
+        except FetchError as exc:
+            self.outcome = ("error", str(exc))
+            if on_error is not None:
+                self.close()  # on_error exits the process: no child or scratch left behind
+                on_error(str(exc))
 
     def result(self) -> Fetched:
         """The fetched bundle; FetchError when the store fails, refuses or overruns."""
+        if self.child is None:
+            outcome = _outcome(self.uri, self.cache_dir, self.scratch)
+        else:
+            self.watcher.join()
+            outcome = self.outcome
+        if outcome[0] == "error":
+            raise FetchError(outcome[1])
+        return outcome[1]
+
+    def _wait(self) -> Fetched:
         store = os.environ.get("MLFLOW_TRACKING_URI", "the default MLflow store")
         deadline = None
         while True:
@@ -92,9 +124,10 @@ class ModelFetch:
 
     def close(self) -> None:
         """Stop the child if it still runs and remove the scratch folder."""
-        if self.child.is_alive():
-            self.child.kill()
-        self.child.join(timeout=1)
+        if self.child is not None:
+            if self.child.is_alive():
+                self.child.kill()
+            self.child.join(timeout=1)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -136,19 +169,25 @@ def shown_uri(uri: str) -> str:
 
 
 def _child(conn, uri: str, cache_dir: Path | None, scratch: Path) -> None:
-    from mlflow.exceptions import MlflowException
+    import mlflow.tracking  # noqa: F401 - the import is not the store's time
 
     conn.send(("imported", time.monotonic()))
+    conn.send(_outcome(uri, cache_dir, scratch))
+
+
+def _outcome(uri: str, cache_dir: Path | None, scratch: Path) -> tuple[str, object]:
+    """("done", Fetched) or ("error", message)."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        conn.send(("done", _fetch(uri, cache_dir, scratch)))
+        return "done", _fetch(uri, cache_dir, scratch)
     except FetchError as exc:
-        conn.send(("error", str(exc)))
+        return "error", str(exc)
     except MlflowException as exc:
-        conn.send(("error", f"cannot load model {shown_uri(uri)}: "
-                            f"{str(exc.message).splitlines()[0]}"))
+        return "error", (f"cannot load model {shown_uri(uri)}: "
+                         f"{str(exc.message).splitlines()[0]}")
     except OSError as exc:  # the store's host or files cannot be reached at all
-        conn.send(("error", f"cannot reach the model {shown_uri(uri)}: "
-                            f"{type(exc).__name__}: {exc}"))
+        return "error", f"cannot reach the model {shown_uri(uri)}: {type(exc).__name__}: {exc}"
 
 
 def _fetch(uri: str, cache_dir: Path | None, scratch: Path) -> Fetched:

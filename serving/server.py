@@ -20,6 +20,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
 
 from churnlens.serving.startup import ServeConfig, StartupError
 
@@ -67,6 +69,14 @@ def _stop(signum, frame) -> None:
     raise Stopped
 
 
+def _fail_now(metrics_folder: str, message: str) -> None:
+    """Print MESSAGE as the command's one error line and exit 2 at once (from the thread
+    that watches the model's fetch, while the main thread may still be importing)."""
+    shutil.rmtree(metrics_folder, ignore_errors=True)
+    print(f"churnlens serve: error: {message}", file=sys.stderr, flush=True)
+    _exit_now(2)
+
+
 def _exit_now(status: int) -> None:
     """Exit without interpreter finalisation: DuckDB's bindings print a hundred lines of
     'nanobind: leaked ...' at finalisation, which would bury the server's last log lines."""
@@ -87,13 +97,15 @@ def serve(config: ServeConfig, host: str, port: int, log: Callable[[str], None])
 
     signal.signal(signal.SIGTERM, _stop)  # also while loading: stop at once, cleanly
     try:
-        with own_metrics_folder():
-            loaded = startup.load(config)
+        with own_metrics_folder() as folder:
+            loaded = startup.load(replace(config, fail_fast=partial(_fail_now, folder)))
             sock = bind(host, port)
             try:
                 startup.hand_over(loaded)
+                steps = ", ".join(f"{k} {v:.2f}" for k, v in (loaded.seconds or {}).items())
                 log(f"model {loaded.model_uri} and {len(loaded.snapshot):,} customers "
-                    f"checked; starting on http://{host}:{port}")
+                    f"checked in {sum((loaded.seconds or {}).values()):.1f} s ({steps}); "
+                    f"starting on http://{host}:{port}")
                 _run(sock)
             finally:
                 sock.close()

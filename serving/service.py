@@ -34,7 +34,7 @@ from churnlens.serving.core import (
     check_features,
     score_records,
 )
-from churnlens.serving.http import HttpGuard, quiet_client_errors
+from churnlens.serving.http import HttpGuard, json_response, quiet_client_errors
 from churnlens.serving.schemas import (
     CustomerBatch,
     CustomerRequest,
@@ -117,7 +117,7 @@ class ChurnService:
 
         Concurrent calls are scored together (serving.batching). Unknown ids get 404.
         """
-        return await self.batcher.submit(customers)
+        return json_response(await self.batcher.submit(customers))
 
     def _score_customers(self, customers: list[CustomerRequest]) -> list[dict]:
         """Records of snapshot customers (the merged calls of one batch), in order."""
@@ -144,7 +144,7 @@ class ChurnService:
             frame = self._rows(page.customer_ids, "customer_ids")
         else:
             frame = self._explicit_rows(page.rows)
-        return Page(records=self._score(frame, page.with_drivers))
+        return json_response({"records": self._score(frame, page.with_drivers)})
 
     @bentoml.api
     def what_if(self, request: WhatIfRequest, /) -> WhatIf:
@@ -225,7 +225,12 @@ class ChurnService:
 
     def _score(self, frame: pd.DataFrame | Prepared, with_drivers: bool) -> list[dict]:
         threads = 1 if len(frame) < SMALL_BATCH else None
-        return score_records(self.model, frame, with_drivers=with_drivers, num_threads=threads)
+        records = score_records(self.model, frame, with_drivers=with_drivers,
+                                num_threads=threads)
+        for record in records:  # an unknown LTV is NaN in the core and null in JSON
+            if record["expected_ltv"] != record["expected_ltv"]:
+                record["expected_ltv"] = None
+        return records
 
 
 ChurnService.add_asgi_middleware(HttpGuard)

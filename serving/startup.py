@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,10 @@ class ServeConfig:
     snapshot: str | None
     cache_dir: Path | None = None  # None: no model cache
     registry_timeout_s: float = REGISTRY_TIMEOUT_S
+    fetch_in_child: bool = True  # False in a `bentoml serve` worker (threads: no fork)
+    # Called with the message the moment the model's fetch fails, from another thread
+    # (`churnlens serve` prints it and exits); None: the failure is raised by `load`.
+    fail_fast: Callable[[str], None] | None = None
 
     @classmethod
     def from_env(cls) -> ServeConfig:
@@ -56,7 +61,8 @@ class ServeConfig:
                    snapshot=os.environ.get(ENV_SNAPSHOT),
                    cache_dir=Path(cache) if cache else None,
                    registry_timeout_s=float(os.environ.get(ENV_REGISTRY_TIMEOUT)
-                                            or REGISTRY_TIMEOUT_S))
+                                            or REGISTRY_TIMEOUT_S),
+                   fetch_in_child=False)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Loaded:
     model_uri: str  # as /model_info shows it: a registry or run URI, never a local path
     snapshot: object  # pandas.DataFrame: the checked snapshot rows
     prepared: object  # churnlens.serving.core.Prepared: the snapshot encoded once
+    seconds: dict | None = None  # start-up step -> seconds ("model": waiting for its fetch)
 
 
 _handed_over: Loaded | None = None
@@ -88,20 +95,47 @@ def take() -> Loaded | None:
 def load(config: ServeConfig) -> Loaded:
     """The model and snapshot of CONFIG, checked; StartupError says what is wrong.
 
-    The model is fetched in a child process meanwhile this one checks the snapshot file
-    and imports the scoring stack.
+    The snapshot file is checked first; then the model is fetched in a child process
+    while this one imports the scoring stack.
     """
-    fetch = ModelFetch(config.model_uri, config.cache_dir, config.registry_timeout_s)
+    clock = _Clock()
+    # First, alone: a broken snapshot is reported in about a second, with no child started.
+    table = clock("snapshot file", check_snapshot_file, config.snapshot)
+    fetch = ModelFetch(config.model_uri, config.cache_dir, config.registry_timeout_s,
+                       in_child=config.fetch_in_child, on_error=config.fail_fast)
     try:
-        table = check_snapshot_file(config.snapshot)
-        from churnlens.serving.core import prepare
-
-        frame = table.to_pandas()
-        model, shown = _load_model(fetch, config)
+        prepare = clock("imports", _import_scoring)
+        frame = clock("to pandas", table.to_pandas)
+        model, shown = clock("model", _load_model, fetch, config)
     finally:
         fetch.close()
-    snapshot = fit_snapshot(frame, model, config.snapshot)
-    return Loaded(model, shown, snapshot, prepare(model, snapshot))
+    snapshot = clock("feature check", fit_snapshot, frame, model, config.snapshot)
+    prepared = clock("encoding", prepare, model, snapshot)
+    return Loaded(model, shown, snapshot, prepared, clock.seconds)
+
+
+class _Clock:
+    """Seconds per start-up step, for the log line that says where start-up time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, step: str, fn, *args):
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[step] = time.perf_counter() - t0
+
+
+def _import_scoring():
+    """The scoring stack and the HTTP service, imported while the child fetches the model."""
+    import churnlens.serving.service  # noqa: F401 - BentoML, uvicorn, the workspace
+    from churnlens.serving.core import prepare
+
+    return prepare
 
 
 # ---------------------------------------------------------------- the model
@@ -118,7 +152,8 @@ def _load_model(fetch: ModelFetch, config: ServeConfig):
             if not fetched.cached:
                 raise
             model_files.evict(fetched)
-            again = ModelFetch(fetched.exact_uri, None, config.registry_timeout_s)
+            again = ModelFetch(fetched.exact_uri, None, config.registry_timeout_s,
+                               in_child=config.fetch_in_child)
             try:
                 fetched = again.result()
                 model = _unpickle(fetched.bundle, config.model_uri)
@@ -161,7 +196,8 @@ def check_snapshot_file(path: str | None):
         raise StartupError(f"feature snapshot {path} not found; write one with "
                            "`churnlens features --as-of DATE`")
     try:
-        table = pq.read_table(path)
+        # One thread: Arrow's thread pool would not survive the fork of the model's fetch.
+        table = pq.read_table(path, use_threads=False)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise StartupError(f"feature snapshot {path} is not a readable parquet file "
                            f"({str(exc).splitlines()[0][:160]}); write it again with "

@@ -76,7 +76,7 @@ def server(trained_env) -> Iterator[Server]:
     """The service on 127.0.0.1:<free port>, ready, with CHURNLENS_API_KEY set."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = trained_env.root / "server.log"
+    log = trained_env.local / "server.log"  # the model is shared by the workers; logs not
     proc = start_server({**trained_env.env(), "CHURNLENS_API_KEY": API_KEY}, port, log)
     try:
         wait_ready(proc, url, log)

@@ -181,6 +181,8 @@ def test_model_info_names_the_model_its_metrics_and_features(http, bundle, champ
         (f.name, f.kind) for f in bundle.features]
     plan = next(f for f in info["features"] if f["name"] == "plan")
     assert plan["levels"] == bundle.risk.categories_["plan"]
+    assert all("levels" not in f for f in info["features"] if f["kind"] == "numeric")
+    assert info["model_uri"].startswith("models:/churnlens")  # never a local path
     assert info["snapshot"] == {"as_of": "2026-10-31", "customers": len(snapshot)}
     assert info["max_page_size"] == MAX_PAGE_SIZE
     survival = info["survival"]  # years of follow-up: no horizon extrapolates
@@ -295,6 +297,44 @@ def test_what_if_change_errors_name_the_change(http, snapshot):
     assert message == "changes.tickets_open: must be a number or null, got 'many'"
     assert error_of(post(http, "/what_if", {"customer_id": customer_id, "changes": {}}),
                     400).startswith("changes: ")
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(http):
+    from churnlens.serving.http import MAX_BODY_BYTES
+
+    big = b'{"customer_ids": ["' + b"x" * MAX_BODY_BYTES + b'"]}'
+    declared = http.post("/score_page", content=big, headers={"content-type": "application/json"})
+    assert "over the limit of 16,777,216" in error_of(declared, 413)
+
+    def chunks():
+        for start in range(0, len(big), 2**20):
+            yield big[start:start + 2**20]
+
+    chunked = http.post("/score_page", content=chunks(),
+                        headers={"content-type": "application/json"})
+    assert "over the limit" in error_of(chunked, 413)
+
+
+def test_as_of_beyond_pandas_dates_is_400(http, snapshot, bundle):
+    row = feature_row(snapshot, bundle, ids(snapshot, 1)[0])
+    for as_of in ("0001-01-01", "9999-12-31"):
+        message = error_of(post(http, "/score_page", {"rows": [{**row, "as_of": as_of}]}), 400)
+        assert message.startswith("rows[0].as_of: "), message
+
+
+def test_trailing_slash_redirect_ignores_the_host_header(http):
+    response = http.get("/metrics/", headers={"Host": "evil.example"})
+    assert response.status_code == 307
+    assert response.headers["location"] == "/livez"
+
+
+def test_a_client_error_is_one_access_log_line_without_a_traceback(http, server):
+    marker = "NO-SUCH-LOGGED-7"
+    error_of(post(http, "/score_customer", {"customers": [{"customer_id": marker}]}), 404)
+    error_of(post(http, "/score_page", {"customer_ids": [7]}), 400)
+    log = server.log.read_text()
+    assert "Exception on /score_customer" not in log and "Exception on /score_page" not in log
+    assert "Traceback" not in log
 
 
 def test_non_json_content_type_is_415(http):

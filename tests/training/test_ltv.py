@@ -14,7 +14,6 @@ from churnlens.training.ltv import (
     monthly_revenue,
 )
 from churnlens.training.metrics import ltv_metrics
-from tests.training.test_survival import fitted_sample
 
 
 def test_constant_survival_without_discount_is_revenue_times_months():
@@ -68,8 +67,8 @@ def test_expected_ltv_errors(survival, revenue, rate, match):
         expected_ltv(survival, revenue, 365, rate)
 
 
-def test_expected_ltv_ranks_realised_revenue_on_sample_data():
-    _, frame, _, _, _, model = fitted_sample()
+def test_expected_ltv_ranks_realised_revenue_on_sample_data(survival_sample):
+    _, frame, _, _, _, model = survival_sample
     # The last two cutoffs whose 365-day revenue is observed; the model was trained only on
     # outcomes before the first of them.
     cutoffs = np.sort(frame.loc[frame["revenue_ltv"].notna(), "cutoff"].unique())[-2:]

@@ -3,10 +3,7 @@ every curve obeys, input checks, and skill on the sample data (out of time)."""
 
 from __future__ import annotations
 
-import functools
 import pickle
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,11 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 
-from churnlens.features.build import build_training_set
-from churnlens.features.loading import load_source
 from churnlens.features.queries import Feature
-from churnlens.features.sample import generate_sample, write_sample
-from churnlens.settings import Settings
 from churnlens.training import hazard
 from churnlens.training.metrics import kaplan_meier_baseline, survival_metrics
 from churnlens.training.survival import SurvivalModel
@@ -178,49 +171,8 @@ def test_other_misuse_is_rejected(weibull):
         weibull.expected_remaining_days(GRID_X, cap_days=0)
 
 
-def _censor(frame: pd.DataFrame, boundary: pd.Timestamp) -> pd.DataFrame:
-    """Administrative censoring: nothing observed after BOUNDARY."""
-    end = frame["cutoff"] + pd.to_timedelta(frame["duration_days"], unit="D")
-    late = end > boundary
-    return frame.assign(
-        duration_days=np.where(late, (boundary - frame["cutoff"]).dt.total_seconds() / 86400,
-                               frame["duration_days"]),
-        event=np.where(late, 0, frame["event"]))
-
-
-def _temporal_split(frame: pd.DataFrame):
-    """Test: the last 2 labelled cutoffs. Train: cutoffs with cutoff + 90 d <= last labelled
-    - 4 months, less the last 3, which validate; each slice censored where the next begins."""
-    labelled = np.sort(frame.loc[frame["churned"].notna(), "cutoff"].unique())
-    end = pd.Timestamp(labelled[-1]) - pd.DateOffset(months=4)
-    eligible = np.sort(frame.loc[frame["cutoff"] + pd.Timedelta(days=90) <= end, "cutoff"].unique())
-    test = frame[frame["cutoff"].isin(labelled[-2:])]
-    validation = _censor(frame[frame["cutoff"].isin(eligible[-3:])], pd.Timestamp(labelled[-2]))
-    train = _censor(frame[frame["cutoff"].isin(eligible[:-3])], pd.Timestamp(eligible[-3]))
-    return train, validation, test
-
-
-@functools.lru_cache(maxsize=1)
-def fitted_sample():
-    """(features, frame, train, validation, test, model) from 4000 sample customers, seed 3.
-
-    Cached so that the survival and LTV tests share one sample and one fit.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        write_sample(generate_sample(4000, seed=3), Path(tmp) / "src")
-        ff = build_training_set(load_source(Path(tmp) / "src"), Settings())
-    train, validation, test = _temporal_split(ff.frame)
-    model = SurvivalModel(ff.features, seed=42).fit(train, validation)
-    return ff.features, ff.frame, train, validation, test, model
-
-
-@pytest.fixture(scope="module")
-def sample():
-    return fitted_sample()
-
-
-def test_sample_data_concordance_and_brier_beat_the_baseline(sample):
-    *_, train, _, test, model = sample
+def test_sample_data_concordance_and_brier_beat_the_baseline(survival_sample):
+    *_, train, _, test, model = survival_sample
     grid = np.arange(0.0, 366.0, 5.0)
     s = model.survival_function(test, grid)
     m = survival_metrics(test["duration_days"], test["event"], s, grid,
@@ -233,8 +185,8 @@ def test_sample_data_concordance_and_brier_beat_the_baseline(sample):
     assert m["integrated_brier"] < baseline["integrated_brier"]
 
 
-def test_scores_do_not_depend_on_the_customer_id_or_unseen_levels(sample):
-    *_, test, model = sample
+def test_scores_do_not_depend_on_the_customer_id_or_unseen_levels(survival_sample):
+    *_, test, model = survival_sample
     rows = test.iloc[:50]
     base = model.survival_at(rows)
     renamed = rows.assign(customer_id="someone-else")
