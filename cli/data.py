@@ -111,8 +111,18 @@ def features(args: argparse.Namespace) -> None:
 
 
 def _write_parquet(frame, out: Path) -> None:
-    """Write under a temporary name, then rename: readers never see a half-written file."""
+    """Write under a temporary name, then rename: readers never see a half-written file.
+
+    On a failed write (a full disk, say) the temporary file is removed and OSError says
+    which file and why.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
+    try:
+        frame.to_parquet(tmp, index=False)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write {out} ({exc.strerror or exc}); nothing was written "
+                      "(the partial file is removed): free some space or pass --out "
+                      "elsewhere") from None
     tmp.replace(out)

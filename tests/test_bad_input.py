@@ -432,3 +432,20 @@ def test_future_records_leave_the_model_as_on_the_clean_data(training_sets):
         predictions[name] = model.predict_proba(split.test)
     assert len(predictions["clean"]) > 100
     assert predictions["future"].tolist() == predictions["clean"].tolist()
+
+
+def test_a_full_disk_while_writing_leaves_no_file(sample, tmp_path, monkeypatch):
+    def full_disk(frame, path, **_kwargs):
+        Path(path).write_bytes(b"PAR1 half")  # the disk fills part way
+        raise OSError(28, "No space left on device")
+
+    source = write(copy(sample), tmp_path / "source")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    out = tmp_path / "work" / "snapshot.parquet"
+    output, status, stderr = run_main("features", "--as-of", AS_OF, "--source", str(source),
+                                      "--out", str(out))
+    assert status == 2, output
+    assert stderr.strip() == (f"churnlens features: error: could not write {out} (No space "
+                              "left on device); nothing was written (the partial file is "
+                              "removed): free some space or pass --out elsewhere")
+    assert list(out.parent.iterdir()) == []
