@@ -73,7 +73,8 @@ def features(args: argparse.Namespace) -> None:
     if args.out is not None and args.out.is_dir():
         raise UsageError(f"--out {args.out} is a folder; pass the parquet file to write")
     settings = settings_of(args)
-    from churnlens.features.build import build_snapshot, build_training_set
+    import duckdb
+
     from churnlens.features.extent import check_as_of
     from churnlens.features.loading import load_source
 
@@ -88,26 +89,37 @@ def features(args: argparse.Namespace) -> None:
         check_as_of(ds, args.as_of)
     for line in ds.report.lines():
         say(line)
-    work = Path(settings.paths.work_dir)
     t0 = time.perf_counter()
+    try:
+        ff, out, what = _build(ds, args, settings)
+    except duckdb.Error as exc:  # a damaged page found only now, or a disk full of spill
+        raise OSError(f"DuckDB failed while building the features from {source}: "
+                      f"{str(exc).splitlines()[0]}; if the disk is full, free some space; if a "
+                      "file of the source is damaged, export it again") from None
+    for note in ff.notes:
+        say(f"note: {note}")
+    _write_parquet(ff.frame, out)
+    say(f"wrote {what} to {out} in {time.perf_counter() - t0:.1f} s")
+
+
+def _build(ds, args: argparse.Namespace, settings):
+    """The feature frame `features` writes, where to, and one line on what it holds."""
+    from churnlens.features.build import build_snapshot, build_training_set
+
+    work = Path(settings.paths.work_dir)
     if args.as_of:
         ff = build_snapshot(ds, args.as_of, settings)
         if ff.frame.empty:
             raise UsageError(f"no customer is active on {args.as_of}; pick a later date")
         out = Path(args.out or work / "snapshots" / f"features-{args.as_of}.parquet")
         ids = ff.frame["customer_id"]
-        what = (f"feature snapshot of {len(ff.frame):,} customers active on {args.as_of} "
-                f"(ids {ids.min()} to {ids.max()})")
-    else:
-        ff = build_training_set(ds, settings)
-        out = Path(args.out or work / "training_set.parquet")
-        labelled = int(ff.frame["churned"].notna().sum())
-        what = (f"training set of {len(ff.frame):,} (customer, cutoff) rows over "
-                f"{ff.frame['cutoff'].nunique()} cutoffs, {labelled:,} with a churn label")
-    for note in ff.notes:
-        say(f"note: {note}")
-    _write_parquet(ff.frame, out)
-    say(f"wrote {what} to {out} in {time.perf_counter() - t0:.1f} s")
+        return ff, out, (f"feature snapshot of {len(ff.frame):,} customers active on "
+                         f"{args.as_of} (ids {ids.min()} to {ids.max()})")
+    ff = build_training_set(ds, settings)
+    out = Path(args.out or work / "training_set.parquet")
+    labelled = int(ff.frame["churned"].notna().sum())
+    return ff, out, (f"training set of {len(ff.frame):,} (customer, cutoff) rows over "
+                     f"{ff.frame['cutoff'].nunique()} cutoffs, {labelled:,} with a churn label")
 
 
 def _write_parquet(frame, out: Path) -> None:
