@@ -65,13 +65,20 @@ def register_raw(con: duckdb.DuckDBPyConnection, source, report: LoadReport) -> 
     Raises DataError for a missing source, an unreadable file or ambiguous names.
     """
     if isinstance(source, dict):
-        found = {}
-        for name, frame in source.items():
-            if name in TABLES and frame is not None:
-                con.register(f"src_{name}", frame)
-                found[name] = f"frame {name!r}"
-        report.unread += [f"frame {name!r} (not a contract table)" for name in source
-                          if name not in TABLES]
+        found, given = {}, [key for key, frame in source.items() if frame is not None]
+        for name in TABLES:
+            key, near = match_name(name, given, "frames")
+            if key is None:
+                continue
+            con.register(f"src_{name}", source[key])
+            found[name] = f"frame {key!r}"
+            if near:
+                report.renamed.setdefault(name, []).append(
+                    f"read from frame {key!r} (its name differs from {name} only in case or "
+                    "spaces)")
+        used = {where.removeprefix("frame ") for where in found.values()}
+        report.unread += [f"frame {key!r} (not a contract table)" for key in given
+                          if repr(key) not in used]
     else:
         path = Path(source)
         if path.is_file() and path.suffix.lower() in DATABASE_KINDS:
