@@ -15,6 +15,7 @@ import pandas as pd
 
 from churnlens.features.catalog import event_types_of, plan_for_source
 from churnlens.features.cutoffs import training_cutoffs
+from churnlens.features.event_queries import recent_days
 from churnlens.features.labels import LABEL_COLUMNS, build_labels
 from churnlens.features.loading import DataSet
 from churnlens.features.queries import Feature, events_daily_sql, feature_list, feature_sql
@@ -52,15 +53,18 @@ class FeatureFrame:
 
 def build_events_daily(con: duckdb.DuckDBPyConnection, fs: FeatureSettings,
                        sources: Sources = LOADED, event_types: Sequence[str] = (),
-                       running_totals: bool = True) -> duckdb.DuckDBPyRelation:
+                       cutoff: pd.Timestamp | None = None) -> duckdb.DuckDBPyRelation:
     """The events of SOURCES rolled up per customer and day (`events_daily_sql`), computed once.
 
     event_types: the types counted one by one (`churnlens.features.catalog.event_types_of`
-    the features that will read the rollup); running_totals: False for a rollup read for
-    one cutoff only. The relation reads a temporary table (`relations.drop` removes it).
+    the features that will read the rollup); cutoff: the one cutoff the rollup is read for
+    (`feature_sql(..., one_cutoff=True)`): only the days its usage windows read, without
+    running totals. The relation reads a temporary table (`relations.drop` removes it).
     """
-    return materialise(con, events_daily_sql(fs, sources.events, event_types, running_totals),
-                       "events_daily")
+    sql = (events_daily_sql(fs, sources.events, event_types) if cutoff is None else
+           events_daily_sql(fs, sources.events, event_types, running_totals=False,
+                            where=recent_days(fs, cutoff)))
+    return materialise(con, sql, "events_daily")
 
 
 def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelation,
@@ -80,10 +84,11 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     cutoff, FEATURES (numeric ones float64) and LABEL_COLUMNS if given.
     """
     features = feature_list(fs, attributes) if features is None else features
-    one_cutoff = con.sql(f"SELECT count(DISTINCT cutoff) <= 1 FROM {from_item(spine)} AS spine"
-                         ).fetchall()[0][0]
+    cutoffs, first = con.sql(f"SELECT count(DISTINCT cutoff), min(cutoff) "
+                             f"FROM {from_item(spine)} AS spine").fetchall()[0]
+    one_cutoff = cutoffs == 1
     own_daily = (build_events_daily(con, fs, sources, event_types_of(features),
-                                    running_totals=not one_cutoff)
+                                    cutoff=first if one_cutoff else None)
                  if daily is None else None)
     try:
         sql = feature_sql(fs, features, spine=from_item(spine),

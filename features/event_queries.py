@@ -13,29 +13,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import duckdb
+import pandas as pd
 
-from churnlens.features.exact_sums import DECIMAL, exact_sum
+from churnlens.features.exact_sums import exact_sum
 from churnlens.features.known import days_between, latest_before, sql_string, utc_day, visible
+from churnlens.features.relations import timestamp_literal
 from churnlens.settings import FeatureSettings
 
 
 def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str] = (),
-                     running_totals: bool = True) -> str:
+                     running_totals: bool = True, where: str | None = None) -> str:
     """Events of EVENTS per customer and day: total quantity, a bit per event type, value events.
 
     Event types beyond 64 share bits (their index modulo 64), so breadth is then a floor.
     Each of EVENT_TYPES (the types with features of their own, `choose_event_types`) adds
     type{i}_quantity, its quantity that day, and (with RUNNING_TOTALS) type{i}_total, its
-    running total up to and including that day, which `recency_sql` reads for many cutoffs;
-    for one cutoff it sums the days itself, and the running totals (a window over every
-    day, most of the rollup's time) are not needed.
+    running total up to and including that day, which `recency_sql` reads for many cutoffs
+    (for one cutoff, `recent_days` and `recency_at_sql` need neither the totals, a window
+    over every day that took most of the rollup's time, nor the days before the windows).
+    where: a condition on the events' columns that keeps only some of them.
     """
     per_type = "".join(f",\n {exact_sum('quantity', f'event = {sql_string(t)}')} "
                        f"AS type{i}_quantity" for i, t in enumerate(event_types))
-    # Exact running sums: equal to the sums recency_sql takes for one cutoff, bit for bit.
-    running = "".join(f", CAST(sum(CAST(coalesce(type{i}_quantity, 0) AS {DECIMAL})) OVER ("
-                      "PARTITION BY customer_id ORDER BY occurred_at ROWS UNBOUNDED PRECEDING) "
-                      f"AS DOUBLE) AS type{i}_total"
+    # Summed in time order, so the same in every run. Exact DECIMAL sums here (which
+    # recency_at_sql takes for one cutoff) cost half as much again as the whole rollup.
+    running = "".join(f", sum(coalesce(type{i}_quantity, 0)) OVER (PARTITION BY customer_id "
+                      f"ORDER BY occurred_at ROWS UNBOUNDED PRECEDING) AS type{i}_total"
                       for i in range(len(event_types)) if running_totals)
     return f"""
         WITH type_bits AS (
@@ -45,7 +48,8 @@ def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str
             SELECT occurrence.customer_id, occurrence.event, occurrence.quantity,
                    {utc_day('occurrence.occurred_at')} AS day,
                    CAST(type_bits.type_index % 64 AS UBIGINT) AS bit
-            FROM {events} AS occurrence JOIN type_bits ON type_bits.event = occurrence.event),
+            FROM {events} AS occurrence JOIN type_bits ON type_bits.event = occurrence.event
+            {f"WHERE {where}" if where else ""}),
         days AS (
             SELECT customer_id, day AS occurred_at, {exact_sum('quantity')} AS quantity,
                    bit_or(CAST(1 AS UBIGINT) << bit) AS type_mask,
@@ -56,6 +60,19 @@ def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str
     """
 
 
+def usage_days(fs: FeatureSettings) -> int:
+    """How many days before a cutoff `usage_sql` reads: its longest window or band edge."""
+    return max(*fs.windows, 30, 60)
+
+
+def recent_days(fs: FeatureSettings, cutoff: pd.Timestamp) -> str:
+    """A condition on events' occurred_at keeping those `usage_sql` reads for CUTOFF (a day
+    more on each side: a superset, which the daily rows' own before-cutoff rule trims)."""
+    at = timestamp_literal(cutoff)
+    return (f"occurred_at >= {at} - INTERVAL {usage_days(fs) + 1} DAY "
+            f"AND occurred_at < {at} + INTERVAL 1 DAY")
+
+
 def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 0) -> str:
     """Per customer and cutoff: events and active days per window, the 30 days before, breadth.
 
@@ -64,7 +81,7 @@ def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 
     window are summed per age band first (the bands between the windows' edges), then the
     bands are added up per window: fewer rows reach the many filtered sums.
     """
-    edges = sorted({*fs.windows, 30, 60})
+    edges = sorted({*fs.windows, 30, 60})  # the last is usage_days(fs)
     band = " ".join(f"WHEN occurred_at >= cutoff - INTERVAL {e} DAY THEN {e}" for e in edges)
     types = [f"type{i}" for i in range(event_types)]
     per_band = ", ".join([
@@ -96,34 +113,33 @@ def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 
     """
 
 
-def recency_sql(daily: str, cutoffs: str, event_types: int = 0, one_cutoff: bool = False
-                ) -> str:
+def recency_sql(daily: str, cutoffs: str, event_types: int = 0) -> str:
     """Per customer and cutoff: days since the last active day before it, and with
-    EVENT_TYPES chosen types in the rollup, each type's total since signup (type{i}_total).
-
-    one_cutoff: CUTOFFS holds a single cutoff, so the days before it are summed directly (a
-    join on one cutoff), and DAILY needs no running totals; otherwise each cutoff reads the
-    running totals of its last day before it.
-    """
+    EVENT_TYPES chosen types in the rollup, each type's total since signup (type{i}_total),
+    read from the running totals of the rollup's last day before each cutoff."""
     totals = [f"type{i}_total" for i in range(event_types)]
-    if one_cutoff:
-        # Integer-valued sums are exact; a fractional day quantity summed in another order
-        # than the running total's could differ in its last bit, hence the exact sum.
-        sums = "".join(f", {exact_sum(f'record.type{i}_quantity')} AS type{i}_total"
-                       for i in range(event_types))
-        return f"""
-            SELECT record.customer_id, known_at.cutoff{sums},
-                   {days_between('max(record.occurred_at)', 'known_at.cutoff')}
-                       AS days_since_last_event
-            FROM {daily} AS record JOIN {cutoffs} AS known_at
-              ON record.occurred_at < known_at.cutoff
-            GROUP BY record.customer_id, known_at.cutoff
-        """
     last = latest_before(daily, totals, cutoffs=cutoffs, time_column="occurred_at")
     return f"""
         SELECT customer_id, cutoff{''.join(f', {t}' for t in totals)},
                {days_between('occurred_at', 'cutoff')} AS days_since_last_event
         FROM ({last}) AS last_active_day
+    """
+
+
+def recency_at_sql(events: str, cutoffs: str, event_types: Sequence[str] = ()) -> str:
+    """`recency_sql` for CUTOFFS of a single cutoff, straight from the events: one pass
+    grouped by customer instead of a rollup of every day. The same values (days are UTC
+    days), but for the totals of fractional quantities: an exact sum here, the rollup's
+    running sum of doubles there, which can differ in the last bit (whole counts are exact
+    in both)."""
+    day = utc_day("occurrence.occurred_at")
+    totals = "".join(f", {exact_sum('occurrence.quantity', f'occurrence.event = {sql_string(t)}')}"
+                     f" AS type{i}_total" for i, t in enumerate(event_types))
+    return f"""
+        SELECT occurrence.customer_id, known_at.cutoff{totals},
+               {days_between(f'max({day})', 'known_at.cutoff')} AS days_since_last_event
+        FROM {events} AS occurrence JOIN {cutoffs} AS known_at ON {day} < known_at.cutoff
+        GROUP BY occurrence.customer_id, known_at.cutoff
     """
 
 

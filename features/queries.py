@@ -16,6 +16,7 @@ from churnlens.features.catalog import Feature, event_types_of, feature_list, fe
 from churnlens.features.event_queries import (
     events_daily_sql,
     first_value_sql,
+    recency_at_sql,
     recency_sql,
     usage_sql,
 )
@@ -205,7 +206,8 @@ def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spin
     """The CTEs (name, SQL) the feature columns read, in dependency order."""
     builders = {
         "usage": lambda: usage_sql(fs, daily, "cutoffs", len(event_types)),
-        "recency": lambda: recency_sql(daily, "cutoffs", len(event_types), one_cutoff),
+        "recency": lambda: (recency_at_sql(sources.events, "cutoffs", event_types) if one_cutoff
+                            else recency_sql(daily, "cutoffs", len(event_types))),
         "first_value_dates": lambda: first_value_sql(fs, sources.events),
         "contract": lambda: _subscription_sql(sources.subscriptions, spine),
         "billing": lambda: payment_sql(sources.payments, "cutoffs"),
@@ -224,8 +226,10 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
     spine: from-item of (customer_id, cutoff) rows, each once; daily: from-item of the daily
     event rollup of `events_daily_sql` over the same customers, built with the event types
     `event_types_of(FEATURES)` (read only by event features); sources: where the contract
-    tables are; one_cutoff: SPINE holds a single cutoff, and DAILY may lack the running
-    totals (`events_daily_sql(..., running_totals=False)`). lifecycle_stage has a renewal stage
+    tables are; one_cutoff: SPINE holds a single cutoff, recency is read from the events
+    (`recency_at_sql`), and DAILY needs only the days of the usage windows, without running
+    totals (`events_daily_sql(..., running_totals=False, where=recent_days(...))`).
+    lifecycle_stage has a renewal stage
     exactly when days_to_renewal is among FEATURES. Columns come in the order of FEATURES,
     after customer_id and cutoff. Raises ValueError for a feature it does not know.
     """
