@@ -82,7 +82,8 @@ class Workspace:
                                    categories=TIER_NAMES.tolist()).codes.astype(np.int8)
         self.ltv = np.asarray(scores["expected_ltv"], dtype=float)
         self.remaining = np.asarray(scores["expected_remaining_days"], dtype=float)
-        records = pa.table({"customer_id": pa.array(self.ids.astype(str)),
+        text_ids = self.ids.astype(str)  # fixed width: numpy sorts and searches it
+        records = pa.table({"customer_id": pa.array(text_ids.tolist()),
                             "expected_ltv": pa.array(self.ltv)})
         self.revenue, _ = annual_revenue(frame, records, model.ltv.horizon_days)
         self.at_risk = self.prob * self.revenue
@@ -96,14 +97,15 @@ class Workspace:
         self.cell = (month * len(TIER_NAMES) + self.tier).astype(np.int32)
         self.risk_weight = np.nan_to_num(self.at_risk)
         self._everyone: dict | None = None
-        self.orders = {key: _order(self._sort_values(key), desc) for key, desc in SORTS.items()}
-        self.id_order = np.argsort(self.ids.astype(str), kind="stable")
-        self.sorted_ids = self.ids.astype(str)[self.id_order]
+        self.orders = {key: _order(self._sort_values(key, text_ids), desc)
+                       for key, desc in SORTS.items()}
+        self.id_order = self.orders["customer_id"]
+        self.sorted_ids = text_ids[self.id_order]
         self.position = {cid: i for i, cid in enumerate(self.ids)}
 
-    def _sort_values(self, key: str) -> np.ndarray:
+    def _sort_values(self, key: str, text_ids: np.ndarray) -> np.ndarray:
         if key == "customer_id":
-            return self.ids.astype(str)
+            return text_ids
         return {"revenue_at_risk": self.at_risk, "churn_probability": self.prob,
                 "expected_ltv": self.ltv, "days_to_renewal": self.renewal}[key]
 
