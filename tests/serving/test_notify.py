@@ -187,3 +187,16 @@ def test_file_without_metadata_is_refused(tmp_path):
 def test_webhook_url_must_be_http(url):
     with pytest.raises(argparse.ArgumentTypeError, match="is not an http"):
         webhook_url(url)
+
+
+def test_score_refuses_a_bad_notify_url_before_scoring(capsys):
+    from churnlens.cli.app import build_parser
+
+    with pytest.raises(SystemExit, match="2"):
+        build_parser().parse_args(["score", "--as-of", "2026-10-31", "--out", "s.parquet",
+                                   "--notify", "hooks.example.com/x"])
+    assert "argument --notify: 'hooks.example.com/x' is not an http(s) URL" in (
+        capsys.readouterr().err)
+    args = build_parser().parse_args(["score", "--as-of", "2026-10-31", "--out", "s.parquet",
+                                      "--notify", "https://hooks.example.com/T0/B0"])
+    assert args.notify == "https://hooks.example.com/T0/B0"
