@@ -33,6 +33,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
+from churnlens.features.extent import check_as_of
 from churnlens.features.loading import DataSet, fingerprint, load_source
 from churnlens.features.relations import from_item
 from churnlens.features.shapes import resolve_churn
@@ -104,34 +105,17 @@ def load_model(model_uri: str) -> ChurnModel:
     return model
 
 
-def data_range(ds: DataSet) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The first sign-up date and the (exclusive) end of the observed data."""
-    first = ds.con.execute("SELECT min(signed_up_at) FROM customers").fetchall()[0][0]
-    return pd.Timestamp(first).normalize(), ds.observed_until
-
-
-def parse_as_of(value: str, data: tuple[pd.Timestamp, pd.Timestamp]) -> pd.Timestamp:
-    """The as-of date as a UTC midnight; BatchError when not a date or after DATA's range
-    (first sign-up, end of the data), naming that range."""
+def parse_as_of(value: str) -> pd.Timestamp:
+    """The as-of date as a UTC midnight; BatchError when it is not a date. Whether it lies
+    inside the data is `churnlens.features.extent.check_as_of`'s to say."""
     try:
         as_of = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
         raise BatchError(f"as-of date {value!r} is not a date ({exc}); use YYYY-MM-DD") from None
     if pd.isna(as_of):
         raise BatchError(f"as-of date {value!r} is not a date; use YYYY-MM-DD")
-    as_of = as_of.tz_localize(None).normalize() if as_of.tz is None else (
+    return as_of.tz_localize(None).normalize() if as_of.tz is None else (
         as_of.tz_convert("UTC").tz_localize(None).normalize())
-    first, until = data
-    if as_of > until:
-        raise BatchError(f"as-of date {as_of.date()} is after the end of the data: "
-                         f"{_range_text(data)}; features would miss records, so pick a date "
-                         f"up to {until.date()}")
-    return as_of
-
-
-def _range_text(data: tuple[pd.Timestamp, pd.Timestamp]) -> str:
-    first, until = data
-    return f"the data run from {first.date()} (first sign-up) to {until.date()} (exclusive)"
 
 
 def _manifest(as_of: pd.Timestamp, model: ChurnModel, model_uri: str, source: str,
@@ -260,14 +244,20 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
     if job.engine not in ENGINES:
         raise BatchError(f"engine must be one of {', '.join(ENGINES)}, not {job.engine!r}")
     job.out.parent.mkdir(parents=True, exist_ok=True)
-    with OutputLock(job.out, log):
-        clear_leftovers(job.out, log)
-        try:
-            result = _run_locked(job, settings, log, progress, spark)
-        except (OSError, duckdb.IOException) as exc:
-            if not is_no_space(exc):
-                raise
-            raise _disk_full(job.out, exc) from None
+    try:
+        with OutputLock(job.out, log):
+            clear_leftovers(job.out, log)
+            try:
+                result = _run_locked(job, settings, log, progress, spark)
+            except (OSError, duckdb.IOException) as exc:
+                if not is_no_space(exc):
+                    raise
+                raise _disk_full(job.out, exc) from None  # still holding the lock
+    except OSError as exc:  # the lock file itself could not be written
+        if not is_no_space(exc):
+            raise
+        raise BatchError(f"no space left on the device for {job.out.parent} ({exc}); free "
+                         f"some space (`df -h {job.out.parent}`) and rerun") from None
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -281,9 +271,9 @@ def _disk_full(out: Path, exc: Exception) -> BatchError:
         path.unlink()
     done = len(list(parts.glob("part-*.json"))) if parts.is_dir() else 0
     return BatchError(
-        f"no space left on the device while writing near {out} ({exc}); removed "
-        f"{len(removed)} temporary file(s); free some space (`df -h {out.parent}`) and rerun "
-        f"with --resume: the {done} finished part(s) in {parts} are kept")
+        f"no space left on the device while writing near {out} ({exc}); its temporary "
+        f"files are removed; free some space (`df -h {out.parent}`) and rerun with --resume: "
+        f"the {done} finished part(s) in {parts} are kept")
 
 
 def _run_locked(job: BatchJob, settings: Settings, log: Log, progress: bool, spark
@@ -295,13 +285,13 @@ def _run_locked(job: BatchJob, settings: Settings, log: Log, progress: bool, spa
     try:
         for line in ds.report.lines():
             log(line)
-        data = data_range(ds)
-        as_of = parse_as_of(job.as_of, data)
+        # Refused outside the data, with the data's range (first sign-up to their end).
+        as_of = check_as_of(ds, str(parse_as_of(job.as_of).date()))
         spine = build_spine(ds.con, cutoff_relation(ds.con, [as_of]),
                             resolve_churn(settings.churn, ds))
         if spine.shape[0] == 0:
-            raise BatchError(f"no customer is active as of {as_of.date()}: {_range_text(data)}; "
-                             "pick a date inside that range")
+            raise BatchError(f"no customer is active as of {as_of.date()}; pick a date inside "
+                             f"the data (it ends {ds.observed_until.date()})")
         ids = ds.con.sql(f"SELECT customer_id FROM {from_item(spine)} AS spine "
                          "ORDER BY customer_id").to_arrow_table()
         chunks = plan_chunks(ids.column(0).combine_chunks(), job.chunk_size)

@@ -108,8 +108,12 @@ class OutputLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": pd.Timestamp.now("UTC").strftime("%Y-%m-%d %H:%M:%S UTC"),
               "command": " ".join(sys.argv)}
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps(me).encode(), 0)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps(me).encode(), 0)
+        except BaseException:  # e.g. a full disk: the lock is not kept half-announced
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -205,14 +205,15 @@ def test_killed_job_resumes_to_the_uninterrupted_output(env, tmp_path):
     proc = subprocess.Popen(_cli(env, out), cwd=tmp_path, env=cli_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(parts.glob("part-*.parquet")):
+    # A part counts once its record is written (its parquet comes first).
+    while not list(parts.glob("part-*.json")):
         assert proc.poll() is None, f"score exited ({proc.returncode}) before writing a part"
         assert time.monotonic() < deadline, "no part written in 120 s"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     total = len(json.loads((parts / "manifest.json").read_text())["chunks"])
-    done = len(list(parts.glob("part-*.parquet")))
+    done = len(list(parts.glob("part-*.json")))
     assert 1 <= done < total, f"killed after {done} of {total} parts: not mid-run"
     assert not out.exists()  # a reader never sees a half-written output
 

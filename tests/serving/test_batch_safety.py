@@ -186,9 +186,10 @@ def test_resume_refuses_when_the_data_changed(env, tmp_path, monkeypatch):
 
 
 def test_as_of_after_the_data_is_refused_with_the_data_range(env, tmp_path):
-    with pytest.raises(BatchError, match=r"as-of date 2030-01-01 is after the end of the data: "
-                                         r"the data run from \d{4}-\d\d-\d\d \(first sign-up\) "
-                                         r"to \d{4}-\d\d-\d\d \(exclusive\)"):
+    # DataError (a ValueError): the CLI's one message and exit 2.
+    with pytest.raises(ValueError, match=r"--as-of 2030-01-01 is outside the data, which run "
+                                         r"from the first signup on \d{4}-\d\d-\d\d to "
+                                         r"\d{4}-\d\d-\d\d: pick a date"):
         run_batch(env.job(tmp_path / "s.parquet", as_of="2030-01-01"), env.settings, **QUIET)
     assert not lock_path(tmp_path / "s.parquet").exists()
 
