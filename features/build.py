@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from churnlens.features.catalog import event_types_of, plan_for_source
@@ -104,13 +105,15 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
         table = con.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS).read_all()
     finally:
         drop(con, own_daily)
-    frame = table.to_pandas(strings_to_categorical=True)
+    # Sorted here, not in SQL (an ORDER BY would make DuckDB hold the whole result), and in
+    # Arrow, whose sort takes a fraction of pandas' time.
+    table = table.sort_by([("customer_id", "ascending"), ("cutoff", "ascending")])
+    ids = table.column("customer_id").to_numpy(zero_copy_only=False)  # Python str objects
+    frame = table.drop_columns(["customer_id"]).to_pandas(strings_to_categorical=True)
     del table
-    frame["customer_id"] = frame["customer_id"].astype(str)
-    # Sorted here, not in SQL: an ORDER BY would make DuckDB hold the whole result.
-    frame = frame.sort_values(["customer_id", "cutoff"], ignore_index=True)
+    frame.insert(0, "customer_id", ids)
     for feature in features:
-        if feature.kind == "numeric":
+        if feature.kind == "numeric" and frame[feature.name].dtype != np.float64:
             frame[feature.name] = frame[feature.name].astype("float64")
     return _sorted_categories(frame)
 
