@@ -121,6 +121,11 @@ def markdown(report: dict) -> str:
                       f"{soak['rss_after_warmup_mb']} MB after warm-up, {soak['rss_end_mb']} MB "
                       f"at the end (growth {soak['memory_growth_pct']}%), max "
                       f"{soak['rss_max_mb']} MB."]
+    lines += ["", "Reading it: a start's time is the server's own steps above plus BentoML's app "
+                  "start-up (the workspace scores the whole snapshot before /readyz answers); "
+                  "a call's time is the core's (bare-model table: the core with drivers against "
+                  "LightGBM alone on the same rows) plus HTTP. The load generator runs on the "
+                  "same cores (client CPU per call in the table)."]
     lines += ["", "| target | value | required | met |", "|---|---|---|---|"]
     for name, v in report["targets"].items():
         lines.append(f"| {name} | {v['value']} | {v['target']} | {'yes' if v['met'] else 'NO'} |")

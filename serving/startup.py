@@ -157,11 +157,13 @@ def _load_model(fetch: ModelFetch, config: ServeConfig):
             try:
                 fetched = again.result()
                 model = _unpickle(fetched.bundle, config.model_uri)
+                model_files.commit(fetched, config.cache_dir)
             finally:
                 again.close()
+        else:
+            model_files.commit(fetched, config.cache_dir)
     except FetchError as exc:
         raise StartupError(str(exc)) from None
-    model_files.commit(fetched, config.cache_dir)
     if fetched.version is None:
         return model, model_files.shown_uri(config.model_uri)
     model.info = {**model.info, "name": fetched.name, "version": fetched.version,

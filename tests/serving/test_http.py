@@ -325,7 +325,7 @@ def test_as_of_beyond_pandas_dates_is_400(http, snapshot, bundle):
 def test_trailing_slash_redirect_ignores_the_host_header(http):
     response = http.get("/metrics/", headers={"Host": "evil.example"})
     assert response.status_code == 307
-    assert response.headers["location"] == "/livez"
+    assert response.headers["location"] == "/metrics"
 
 
 def test_a_client_error_is_one_access_log_line_without_a_traceback(http, server):
