@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import duckdb
 import pandas as pd
 
-from churnlens.features.exact_sums import exact_sum
+from churnlens.features.exact_sums import DECIMAL, exact_sum
 from churnlens.features.known import days_between, latest_before, sql_string, utc_day, visible
 from churnlens.features.relations import timestamp_literal
 from churnlens.settings import FeatureSettings
@@ -128,18 +128,22 @@ def recency_sql(daily: str, cutoffs: str, event_types: int = 0) -> str:
 
 def recency_at_sql(events: str, cutoffs: str, event_types: Sequence[str] = ()) -> str:
     """`recency_sql` for CUTOFFS of a single cutoff, straight from the events: one pass
-    grouped by customer instead of a rollup of every day. The same values (days are UTC
-    days), but for the totals of fractional quantities: an exact sum here, the rollup's
-    running sum of doubles there, which can differ in the last bit (whole counts are exact
-    in both)."""
+    grouped by customer and event type, then by customer, instead of a rollup of every day.
+    The same values (days are UTC days), but for the totals of fractional quantities: an
+    exact sum here, the rollup's running sum of doubles there, which can differ in the last
+    bit (whole counts are exact in both)."""
     day = utc_day("occurrence.occurred_at")
-    totals = "".join(f", {exact_sum('occurrence.quantity', f'occurrence.event = {sql_string(t)}')}"
+    totals = "".join(f", CAST(sum(quantity) FILTER (WHERE event = {sql_string(t)}) AS DOUBLE)"
                      f" AS type{i}_total" for i, t in enumerate(event_types))
     return f"""
-        SELECT occurrence.customer_id, known_at.cutoff{totals},
-               {days_between(f'max({day})', 'known_at.cutoff')} AS days_since_last_event
-        FROM {events} AS occurrence JOIN {cutoffs} AS known_at ON {day} < known_at.cutoff
-        GROUP BY occurrence.customer_id, known_at.cutoff
+        SELECT customer_id, cutoff{totals},
+               {days_between('max(last_day)', 'cutoff')} AS days_since_last_event
+        FROM (SELECT occurrence.customer_id, known_at.cutoff, occurrence.event,
+                     sum(CAST(occurrence.quantity AS {DECIMAL})) AS quantity,
+                     max({day}) AS last_day
+              FROM {events} AS occurrence JOIN {cutoffs} AS known_at ON {day} < known_at.cutoff
+              GROUP BY occurrence.customer_id, known_at.cutoff, occurrence.event) AS per_type
+        GROUP BY customer_id, cutoff
     """
 
 
