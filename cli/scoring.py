@@ -51,7 +51,7 @@ def add_commands(sub, parents) -> None:
     p.add_argument("--notify", type=_webhook, metavar="URL",
                    help="after the batch, POST the accounts that moved into high or critical "
                         "risk since the previous score file of the model in --out's folder "
-                        "(Slack-compatible JSON); retried, never fails the batch")
+                        "(Slack-compatible JSON); retried, never fails the batch (default: no alert)")
     p.set_defaults(run=score)
 
     p = add_command(sub, "serve", "serve scores over HTTP for customer-success tools",
@@ -71,6 +71,9 @@ def add_commands(sub, parents) -> None:
     p.add_argument("--registry-timeout", type=positive_seconds, default=10.0,
                    metavar="SECONDS", help="give up start-up when the MLflow store does not "
                                            "answer within this many seconds")
+    p.add_argument("--scores", type=existing_file, metavar="PATH",
+                   help="a `churnlens score` file of the snapshot's date and the served model: "
+                        "the workspace reads it instead of scoring the snapshot")
     p.set_defaults(run=serve)
 
 
@@ -135,6 +138,8 @@ def serve(args: argparse.Namespace) -> None:
     # (the request's own timeout is a backstop: the fetching child is stopped at the limit)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(round(args.registry_timeout) + 5))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    if args.scores:  # read by the workspace (churnlens.serving.workspace_scores.ENV_SCORES)
+        os.environ["CHURNLENS_SCORES"] = str(args.scores.resolve())
     os.environ.update({"MLFLOW_TRACKING_URI": store,
                        "CHURNLENS_MAX_PAGE_SIZE": str(settings.serving.max_page_size)})
     quiet_mlflow()
