@@ -103,7 +103,8 @@ def serve(config: ServeConfig, host: str, port: int, log: Callable[[str], None])
             try:
                 startup.hand_over(loaded)
                 steps = ", ".join(f"{k} {v:.2f}" for k, v in (loaded.seconds or {}).items())
-                log(f"model {loaded.model_uri} and {len(loaded.snapshot):,} customers "
+                cache = " (model file from the local cache)" if loaded.from_cache else ""
+                log(f"model {loaded.model_uri}{cache} and {len(loaded.snapshot):,} customers "
                     f"checked in {sum((loaded.seconds or {}).values()):.1f} s ({steps}); "
                     f"starting on http://{host}:{port}")
                 _run(sock)

@@ -74,6 +74,7 @@ class Loaded:
     snapshot: object  # pandas.DataFrame: the checked snapshot rows
     prepared: object  # churnlens.serving.core.Prepared: the snapshot encoded once
     seconds: dict | None = None  # start-up step -> seconds ("model": waiting for its fetch)
+    from_cache: bool = False  # the model file came from the local cache, not the store
 
 
 _handed_over: Loaded | None = None
@@ -106,12 +107,12 @@ def load(config: ServeConfig) -> Loaded:
     try:
         prepare = clock("imports", _import_scoring)
         frame = clock("to pandas", table.to_pandas)
-        model, shown = clock("model", _load_model, fetch, config)
+        model, shown, from_cache = clock("model", _load_model, fetch, config)
     finally:
         fetch.close()
     snapshot = clock("feature check", fit_snapshot, frame, model, config.snapshot)
     prepared = clock("encoding", prepare, model, snapshot)
-    return Loaded(model, shown, snapshot, prepared, clock.seconds)
+    return Loaded(model, shown, snapshot, prepared, clock.seconds, from_cache)
 
 
 class _Clock:
@@ -143,7 +144,8 @@ def _import_scoring():
 
 def _load_model(fetch: ModelFetch, config: ServeConfig):
     """The ChurnModel FETCH brings, its registry name, version and run id filled in, and
-    the URI to show for it. A cached file that no longer loads is fetched again."""
+    the URI to show for it, and whether its file came from the cache. A cached file that
+    no longer loads is fetched again."""
     try:
         fetched = fetch.result()
         try:
@@ -165,10 +167,10 @@ def _load_model(fetch: ModelFetch, config: ServeConfig):
     except FetchError as exc:
         raise StartupError(str(exc)) from None
     if fetched.version is None:
-        return model, model_files.shown_uri(config.model_uri)
+        return model, model_files.shown_uri(config.model_uri), False
     model.info = {**model.info, "name": fetched.name, "version": fetched.version,
                   "run_id": fetched.run_id}
-    return model, fetched.exact_uri
+    return model, fetched.exact_uri, fetched.cached
 
 
 def _unpickle(path: Path, uri: str):

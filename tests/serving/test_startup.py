@@ -209,6 +209,8 @@ def test_two_servers_keep_their_own_counters_and_sigkill_leaves_no_process(
     try:
         wait_ready(second, f"http://127.0.0.1:{port}", tmp_path / "second.log")
         assert request_total(url, "/score_customer") == before + 3  # not wiped
+        # An earlier start in this folder cached the model file: a restart does not fetch it.
+        assert "(model file from the local cache)" in (tmp_path / "second.log").read_text()
         assert request_total(f"http://127.0.0.1:{port}", "/score_customer") == 0
     finally:
         os.killpg(second.pid, signal.SIGKILL)
