@@ -1,11 +1,14 @@
 """The customer-success workspace's data: every snapshot account scored once, then queried.
 
-`Workspace` scores the service's whole snapshot at start-up (probability, tier, survival,
-expected LTV, without drivers) and keeps the columns the at-risk list shows as numpy arrays,
-with each sort order and the sorted ids computed once. A filtered, sorted page is then a
+`Workspace` takes the scores of the service's whole snapshot (probability, tier, survival,
+expected LTV: scored, or read from a score file, `churnlens.serving.workspace_scores`) and
+keeps the columns the at-risk list shows as numpy arrays, with each sort order and the
+sorted ids computed once. A filtered, sorted page is then a
 boolean mask and an index gather over those arrays (a few milliseconds for a million
-accounts; benchmarks/workspace.py), never a pandas sort per request. Drivers are scored
-only for the rows a page or a download shows (`main_drivers`). The HTTP side is
+accounts; benchmarks/workspace.py), never a pandas sort per request. Main drivers come
+from the score file, else are computed only for the rows a page or a download shows
+(`main_drivers`: TreeSHAP contributions and the drivers' sentences, without the survival
+model). The HTTP side is
 `churnlens.serving.workspace_app`.
 
 Revenue at risk is the batch summary's (`churnlens.serving.stats.annual_revenue`): churn
@@ -21,10 +24,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from churnlens.serving.core import Prepared, score_arrays, score_columns
+from churnlens.serving.core import Prepared
 from churnlens.serving.stats import annual_revenue
+from churnlens.serving.workspace_scores import Scores, score_snapshot
 from churnlens.training.bundle import ChurnModel
-from churnlens.training.drivers import TIER_NAMES
+from churnlens.training.drivers import TIER_NAMES, explain
 
 SORTS = {  # sort key -> descending?
     "revenue_at_risk": True, "churn_probability": True, "expected_ltv": True,
@@ -32,7 +36,8 @@ SORTS = {  # sort key -> descending?
 }
 DEFAULT_SORT = "revenue_at_risk"
 MONTHS_SHOWN = 12  # renewal months in the chart; later renewals are summed in one bar
-SCORE_CHUNK = 50_000  # rows scored at once at start-up (bounds the survival model's memory)
+DRIVER_CHUNK = 20_000  # rows whose main drivers are computed at once (a CSV download)
+SMALL_BATCH = 256  # fewer rows: one thread (OpenMP start-up costs more than it saves)
 CURVE_DAYS = np.arange(0, 366, 7, dtype=float)  # the account page's survival curve
 # Driver groups a customer-success team can move (the what-if panel offers their features);
 # contract terms, tenure, revenue and static attributes are not theirs to change.
@@ -65,24 +70,27 @@ class Filters:
 class Workspace:
     """The snapshot's accounts as arrays, ready for filtered, sorted pages.
 
-    model: the served ChurnModel; rows: the service's prepared snapshot. Scoring the
-    snapshot takes a few seconds per million accounts; construct once per process.
+    model: the served ChurnModel; rows: the service's prepared snapshot; scores: their
+    scores by position (None: scored here, about 10 s per 100,000 accounts on two cores;
+    `snapshot_as_of` and `text_ids` give what a score file is checked against).
     """
 
-    def __init__(self, model: ChurnModel, rows: Prepared) -> None:
+    def __init__(self, model: ChurnModel, rows: Prepared, scores: Scores | None = None) -> None:
         self.model = model
         self.rows = rows
         frame = rows.frame
         self.n = len(frame)
         self.ids = frame["customer_id"].to_numpy(dtype=object)
-        self.as_of = pd.Timestamp(frame["cutoff"].max()).normalize()
-        scores = _score_all(model, rows)
+        self.as_of = snapshot_as_of(rows)
+        given = scores if scores is not None else score_snapshot(model, rows)
+        self._driver_text, self._driver_playbook = given.driver_text, given.driver_playbook
+        scores = given.columns
         self.prob = np.asarray(scores["churn_probability"], dtype=float)
         self.tier = pd.Categorical(scores["risk_tier"],
                                    categories=TIER_NAMES.tolist()).codes.astype(np.int8)
         self.ltv = np.asarray(scores["expected_ltv"], dtype=float)
         self.remaining = np.asarray(scores["expected_remaining_days"], dtype=float)
-        text_ids = self.ids.astype(str)  # fixed width: numpy sorts and searches it
+        text_ids = text_ids_of(rows)
         records = pa.table({"customer_id": pa.array(text_ids.tolist()),
                             "expected_ltv": pa.array(self.ltv)})
         self.revenue, _ = annual_revenue(frame, records, model.ltv.horizon_days)
@@ -176,12 +184,26 @@ class Workspace:
         } for i, d in zip(positions.tolist(), drivers, strict=True)]
 
     def main_drivers(self, positions: np.ndarray) -> list[dict | None]:
-        """Each account's strongest driver (None when nothing raises its risk)."""
-        if len(positions) == 0:
-            return []
-        scored = score_columns(self.model, self.rows.take(positions), with_drivers=True,
-                               num_threads=1 if len(positions) < 256 else None)
-        return [d[0] if d else None for d in scored.drivers]
+        """Each account's strongest driver, as {"text", "playbook"} (None when nothing
+        raises its risk): the score file's, else the scoring core's first driver (the
+        risk model's TreeSHAP contributions and `explain`, DRIVER_CHUNK rows at a time)."""
+        if self._driver_text is not None:
+            take = pa.array(np.asarray(positions, dtype=np.int64))
+            texts = self._driver_text.take(take).to_pylist()
+            books = self._driver_playbook.take(take).to_pylist()
+            return [None if t is None else {"text": t, "playbook": b}
+                    for t, b in zip(texts, books, strict=True)]
+        out: list[dict | None] = []
+        model = self.model
+        for start in range(0, len(positions), DRIVER_CHUNK):
+            rows = self.rows.take(positions[start:start + DRIVER_CHUNK])
+            threads = 1 if len(rows) < SMALL_BATCH else None
+            contrib = model.risk.contributions(rows.risk, num_threads=threads)
+            drivers = explain(rows.frame, contrib, model.features, model.playbooks, 1,
+                              typical=model.risk.typical_)
+            out += [{"text": d[0]["text"], "playbook": d[0]["playbook"]} if d else None
+                    for d in drivers]
+        return out
 
     def summary(self, keep: np.ndarray | None) -> dict:
         """Revenue at risk by renewal month and the tier mix, over the accounts in KEEP
@@ -222,15 +244,14 @@ class Workspace:
                 if f.kind == "numeric" and f.group in EDITABLE_GROUPS]
 
 
-def _score_all(model: ChurnModel, rows: Prepared) -> dict[str, np.ndarray]:
-    """`score_arrays` of every row, SCORE_CHUNK rows at a time: the discrete-hazard survival
-    model expands each row over its time bins, which for a million rows at once would not
-    fit in memory."""
-    parts = [score_arrays(model, rows.take(np.arange(i, min(i + SCORE_CHUNK, len(rows)))))
-             for i in range(0, len(rows), SCORE_CHUNK)]
-    if not parts:
-        return score_arrays(model, rows)
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+def snapshot_as_of(rows: Prepared) -> pd.Timestamp:
+    """The snapshot's date: its latest cutoff."""
+    return pd.Timestamp(rows.frame["cutoff"].max()).normalize()
+
+
+def text_ids_of(rows: Prepared) -> np.ndarray:
+    """The customer ids as fixed-width text (numpy sorts and searches it)."""
+    return rows.frame["customer_id"].to_numpy(dtype=object).astype(str)
 
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, list[str]]:

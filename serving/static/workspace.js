@@ -38,20 +38,39 @@ function askKey(message) {
   });
 }
 
+// While the server prepares the workspace (scoring the snapshot or reading a score file)
+// its endpoints answer 503 with the progress and Retry-After: show it and ask again.
+function showPreparing(p) {
+  const box = $("#preparing");
+  box.hidden = !p;
+  if (!p) return;
+  const share = p.total ? Math.floor((100 * p.done) / p.total) : 0;
+  box.innerHTML = `Preparing the workspace (${esc(p.stage)}): ${p.done.toLocaleString()} of
+    ${p.total.toLocaleString()} accounts <progress max="100" value="${share}"></progress>`;
+}
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 async function api(path, options = {}) {
   for (;;) {
     const headers = { ...(options.headers || {}) };
     const key = sessionStorage.getItem(KEY_NAME);
     if (key) headers["X-API-Key"] = key;
     const resp = await fetch(path, { ...options, headers });
-    if (resp.status !== 401) {
-      if (!resp.ok) {
-        const body = await resp.json().catch(() => ({}));
-        throw new Error(body.error || `${resp.status} ${resp.statusText}`);
-      }
-      return resp;
+    if (resp.status === 401) {
+      await askKey(key ? "That key was refused; try again." : "");
+      continue;
     }
-    await askKey(key ? "That key was refused; try again." : "");
+    if (!resp.ok) {
+      const body = await resp.json().catch(() => ({}));
+      if (resp.status === 503 && body.preparing) {
+        showPreparing(body.preparing);
+        await sleep(1000 * Math.max(1, Number(resp.headers.get("Retry-After")) || 2));
+        continue;
+      }
+      throw new Error(body.error || `${resp.status} ${resp.statusText}`);
+    }
+    showPreparing(null);
+    return resp;
   }
 }
 const getJSON = async (path) => (await api(path)).json();

@@ -9,18 +9,25 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
+import json
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from starlette.testclient import TestClient
 
-from churnlens.serving.core import check_features, prepare, score_frame
+from churnlens.serving.core import check_features, prepare, score_frame, score_records
+from churnlens.serving.records import score_table
+from churnlens.serving.workdir import META_KEY
 from churnlens.serving.workspace import Filters, QueryError, Workspace
-from churnlens.serving.workspace_app import workspace_app
+from churnlens.serving.workspace_app import Building, workspace_app
+from churnlens.serving.workspace_scores import ScoreFileError, check_score_file
 
 pytestmark = pytest.mark.slow
 
@@ -179,3 +186,114 @@ def test_page_files_are_package_data():
     files = [p.relative_to(root / "serving").as_posix()
              for p in (root / "serving" / "static").iterdir()]
     assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files)
+
+
+# ---------------------------------------------------------------- built in the background
+
+
+def test_endpoints_answer_503_with_progress_until_built(loaded):
+    ws = loaded[0]
+    app = workspace_app()
+    app.state.building = building = Building(ws.model, ws.rows)  # not started yet
+    client = TestClient(app)  # no `with`: the lifespan (which would start it) does not run
+    for path in ("/workspace/meta", "/workspace/accounts", "/workspace/accounts.csv",
+                 f"/workspace/account/{ws.ids[0]}"):
+        response = client.get(path)
+        assert response.status_code == 503 and response.headers["retry-after"] == "2"
+        assert response.json()["preparing"] == {"done": 0, "total": ws.n,
+                                                "stage": "scoring the snapshot"}
+        assert f"0 of {ws.n:,} accounts" in response.json()["error"]
+    assert client.get("/").status_code == 200  # the page itself waits for nobody
+    building.run()
+    assert building.progress.done == ws.n and building.error is None
+    body = client.get("/workspace/accounts", params={"limit": 5}).json()
+    assert [r["customer_id"] for r in body["rows"]] == _ids(ws, Filters())[:5]
+
+
+def test_main_drivers_are_the_records_first_drivers(loaded):
+    ws = loaded[0]
+    records = score_records(ws.model, ws.rows)
+    want = [{"text": r["drivers"][0]["text"], "playbook": r["drivers"][0]["playbook"]}
+            if r["drivers"] else None for r in records]
+    assert ws.main_drivers(np.arange(ws.n)) == want
+    assert any(w is not None for w in want)  # drivers were compared, not only Nones
+
+
+# ---------------------------------------------------------------- from a score file
+
+
+def _write_scores(path: Path, table: pa.Table, ref: dict, as_of: str) -> Path:
+    """TABLE as `churnlens score` writes it: the records and the job's metadata."""
+    meta = {META_KEY: json.dumps({"as_of": as_of, "model": {"uri": "models:/x", **ref},
+                                  "customers": table.num_rows}).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def records(loaded):
+    ws = loaded[0]
+    return score_table(ws.model, ws.rows.frame)
+
+
+def test_score_file_gives_the_scored_workspace(loaded, records, tmp_path):
+    ws = loaded[0]
+    # Shuffled, with a customer the snapshot does not hold: matched by id, the extra left out.
+    extra = records.slice(0, 1).set_column(0, "customer_id", pa.array(["not-in-snapshot"]))
+    shuffled = pa.concat_tables([records.take(np.random.default_rng(0).permutation(ws.n)),
+                                 extra])
+    path = _write_scores(tmp_path / "s.parquet", shuffled, ws.model.info_ref,
+                         str(ws.as_of.date()))
+    building = Building(ws.model, ws.rows, str(path))
+    building.run()
+    from_file = building.workspace
+    assert building.error is None
+    np.testing.assert_allclose(from_file.prob, ws.prob, rtol=1e-12)
+    np.testing.assert_array_equal(from_file.tier, ws.tier)
+    np.testing.assert_allclose(from_file.ltv, ws.ltv, rtol=1e-12, equal_nan=True)
+    everyone = ws.select(None)
+    assert from_file.main_drivers(everyone) == ws.main_drivers(everyone)
+    assert from_file.list_rows(everyone[:20]) == ws.list_rows(everyone[:20])
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ("version", r"scored by model \['churnlens'\] version\(s\) \['999'\], but the server "
+                r"serves churnlens v"),
+    ("as_of", r"as of \['2001-01-01'\], but the snapshot is as of"),
+    ("no metadata", "not written by `churnlens score`"),
+])
+def test_score_file_of_another_model_or_date_is_refused(loaded, records, tmp_path, change,
+                                                        match):
+    ws = loaded[0]
+    ref, as_of = dict(ws.model.info_ref), str(ws.as_of.date())
+    if change == "version":
+        ref["version"] = "999"
+    if change == "as_of":
+        as_of = "2001-01-01"
+    path = _write_scores(tmp_path / "s.parquet", records, ref, as_of)
+    if change == "no metadata":
+        pq.write_table(records, path)
+    with pytest.raises(ScoreFileError, match=match):
+        check_score_file(path, ws.model, ws.as_of)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    ("drop", r"1 of the snapshot's \d[\d,]* customers have no record \(e\.g\. \['"),
+    ("twice", r"1 customer\(s\) have more than one record"),
+    ("records' date", r"as of \['2001-01-01'\], but the snapshot"),
+])
+def test_score_file_records_are_checked(loaded, records, tmp_path, edit, match):
+    ws = loaded[0]
+    table = {"drop": records.slice(1),
+             "twice": pa.concat_tables([records, records.slice(0, 1)]),
+             "records' date": records.set_column(
+                 1, "as_of", pa.array([date(2001, 1, 1)] * records.num_rows, pa.date32())),
+             }[edit]
+    path = _write_scores(tmp_path / "s.parquet", table, ws.model.info_ref,
+                         str(ws.as_of.date()))
+    check_score_file(path, ws.model, ws.as_of)  # the metadata alone looks right
+    building = Building(ws.model, ws.rows, str(path))
+    building.run()
+    assert building.workspace is None and re.search(match, building.error)
+    response = building.not_ready()
+    assert response.status_code == 500 and re.search(match, json.loads(response.body)["error"])
