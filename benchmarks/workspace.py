@@ -124,6 +124,62 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def startup(snapshot: Path, scores: Path | None, workdir: Path, log_path: Path) -> dict:
+    """`churnlens serve` on SNAPSHOT (with --scores SCORES) run in WORKDIR (its params.yaml
+    and MLflow store): seconds from launch to /readyz 200 and to /workspace/meta 200, the
+    first 503 body seen in between, and the load average around it."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("CHURNLENS_API_KEY",
+                                                             "CHURNLENS_SCORES")}
+    env.update({"BENTOML_DO_NOT_TRACK": "True", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    command = [str(Path(sys.executable).with_name("churnlens")), "serve", "--snapshot",
+               str(snapshot), "--port", str(port), *(["--scores", str(scores)] if scores else [])]
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        server = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                                  env=env, start_new_session=True)
+        try:
+            ready_s = _wait_ready(server, url, t0)
+            preparing = None
+            with httpx.Client(base_url=url, timeout=30) as client:
+                while time.perf_counter() - t0 < READY_TIMEOUT_S:
+                    response = client.get("/workspace/meta")
+                    if response.status_code != 503:
+                        response.raise_for_status()
+                        break
+                    preparing = preparing or response.json()
+                    time.sleep(0.2)
+            workspace_s = time.perf_counter() - t0
+            rss = tree_rss(server.pid)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+    return {"scores": scores is not None, "ready_s": round(ready_s, 2),
+            "workspace_s": round(workspace_s, 2), "first_503": preparing,
+            "rss_gib": round(rss / 2**30, 2), "load_before": load_before,
+            "load_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def startup_markdown(rows: list[dict]) -> str:
+    lines = ["", "## Start-up: `churnlens serve` to ready and to the workspace ready", "",
+             "The workspace is built in a background thread: `/readyz` and the scoring API "
+             "answer while /workspace/* answer 503 with the progress. With --scores the "
+             "workspace reads a score file of the same model and date instead of scoring.", "",
+             "| accounts | score file | /readyz 200 s | workspace ready s | first 503 says | "
+             "RSS GiB | load before | load after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        said = (r["first_503"] or {}).get("error", "(none seen)").replace("|", "/")
+        lines.append(f"| {r['customers']:,} | {'yes' if r['scores'] else 'no'} | "
+                     f"{r['ready_s']} | {r['workspace_s']} | {said} | {r['rss_gib']} | "
+                     f"{r['load_before']} | {r['load_after']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(f"stopped by signal {signum}")  # runs the finally that stops the server
 
@@ -135,8 +191,14 @@ def main() -> None:
     parser.add_argument("--snapshot", help="source snapshot (default: the newest "
                                            "work/snapshots/features-*.parquet)")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--startup", nargs=3, metavar=("SNAPSHOT", "SCORES", "WORKDIR"),
+                        help="instead: time `churnlens serve` to ready and to the workspace "
+                             "ready on SNAPSHOT, without and with the score file SCORES, "
+                             "run in WORKDIR; appended to results/workspace-startup.md")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if args.startup:
+        return run_startup(*map(Path, args.startup))
     import pandas as pd
 
     source = Path(args.snapshot) if args.snapshot else sorted(
@@ -181,10 +243,10 @@ def main() -> None:
     print(markdown(report))
 
 
-def _wait_ready(proc: subprocess.Popen, url: str) -> float:
+def _wait_ready(proc: subprocess.Popen, url: str, t0: float | None = None) -> float:
     import httpx
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if t0 is None else t0
     while time.perf_counter() - t0 < READY_TIMEOUT_S:
         if proc.poll() is not None:
             raise SystemExit(f"server exited with status {proc.returncode}; see its log")
@@ -193,8 +255,26 @@ def _wait_ready(proc: subprocess.Popen, url: str) -> float:
                 return time.perf_counter() - t0
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise SystemExit(f"server not ready after {READY_TIMEOUT_S} s")
+
+
+def run_startup(snapshot: Path, scores: Path, workdir: Path) -> None:
+    """Both start-ups of SNAPSHOT (scored, then from SCORES), appended to the results."""
+    import pyarrow.parquet as pq
+
+    customers = pq.read_metadata(snapshot).num_rows
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for with_scores in (False, True):
+            row = startup(snapshot, scores if with_scores else None, workdir,
+                          Path(tmp) / "server.log")
+            rows.append({"customers": customers, **row})
+            print(json.dumps(rows[-1]))
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / "workspace-startup.jsonl", "a") as out:
+        out.writelines(json.dumps(r) + "\n" for r in rows)
+    print(startup_markdown(rows))
 
 
 if __name__ == "__main__":

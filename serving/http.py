@@ -186,6 +186,8 @@ def quiet_client_errors() -> None:
 
 def error_body(status: int, raw: bytes) -> dict:
     """The body for an error response of STATUS whose original body was RAW."""
+    if status == 503 and (preparing := _preparing(raw)) is not None:
+        return preparing  # the workspace's build progress (churnlens.serving.workspace_app)
     if status >= 500:
         reason = {503: "the service is busy or not ready; retry shortly",
                   504: "scoring took too long; retry with fewer customers"}
@@ -202,6 +204,18 @@ def error_body(status: int, raw: bytes) -> dict:
     if isinstance(body.get("detail"), list):
         return {"error": validation_message(body["detail"])}
     return {"error": body["error"]}
+
+
+def _preparing(raw: bytes) -> dict | None:
+    """RAW's {"error", "preparing": {"done", "total", "stage"}} rebuilt from those fields
+    alone, or None when RAW is not such a body."""
+    try:
+        body = json.loads(raw)
+        p = body["preparing"]
+        return {"error": str(body["error"]), "preparing": {
+            "done": int(p["done"]), "total": int(p["total"]), "stage": str(p["stage"])}}
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError):
+        return None
 
 
 def validation_message(detail: list[dict]) -> str:
