@@ -30,6 +30,9 @@ from churnlens.serving.workspace_scores import Scores, score_snapshot
 from churnlens.training.bundle import ChurnModel
 from churnlens.training.drivers import TIER_NAMES, explain
 
+LIST_COLUMNS = ("customer_id", "churn_probability", "risk_tier", "lifecycle_stage",
+                "days_to_renewal", "expected_ltv", "annual_revenue", "revenue_at_risk",
+                "main_driver", "playbook")
 SORTS = {  # sort key -> descending?
     "revenue_at_risk": True, "churn_probability": True, "expected_ltv": True,
     "days_to_renewal": False, "customer_id": False,
@@ -108,6 +111,7 @@ class Workspace:
         self.orders = {key: _order(self._sort_values(key, text_ids), desc)
                        for key, desc in SORTS.items()}
         self.id_order = self.orders["customer_id"]
+        self.text_ids = text_ids
         self.sorted_ids = text_ids[self.id_order]
         self.position = {cid: i for i, cid in enumerate(self.ids)}
 
@@ -167,30 +171,49 @@ class Workspace:
         return order if keep is None else order[keep[order]]
 
     def list_rows(self, positions: np.ndarray) -> list[dict]:
-        """The at-risk list's columns for POSITIONS, with each account's main driver."""
-        drivers = self.main_drivers(positions)
+        """The at-risk list's rows for POSITIONS (LIST_COLUMNS), with each main driver."""
+        return self.list_table(positions).to_pylist()
+
+    def list_table(self, positions: np.ndarray) -> pa.Table:
+        """The at-risk list's LIST_COLUMNS for POSITIONS as an Arrow table (null where
+        unknown), built column by column: the CSV download is written from it."""
+        positions = np.asarray(positions, dtype=np.intp)
+        text, playbook = self.driver_columns(positions)
         stage = self.categories.get("lifecycle_stage")
-        return [{
-            "customer_id": str(self.ids[i]),
-            "churn_probability": float(self.prob[i]),
-            "risk_tier": str(TIER_NAMES[self.tier[i]]),
-            "lifecycle_stage": _level(stage, i),
-            "days_to_renewal": _number(self.renewal[i]),
-            "expected_ltv": _number(self.ltv[i]),
-            "annual_revenue": _number(self.revenue[i]),
-            "revenue_at_risk": _number(self.at_risk[i]),
-            "main_driver": d["text"] if d else None,
-            "playbook": d["playbook"] if d else None,
-        } for i, d in zip(positions.tolist(), drivers, strict=True)]
+        if stage is None:
+            stages = pa.nulls(len(positions), pa.string())
+        else:
+            codes = stage[0][positions]
+            stages = pa.DictionaryArray.from_arrays(
+                pa.array(codes, mask=codes < 0), pa.array(stage[1], pa.string())
+            ).cast(pa.string())
+        def number(a: np.ndarray) -> pa.Array:
+            return pa.array(a[positions], pa.float64(), from_pandas=True)  # NaN: null
+        return pa.table({
+            "customer_id": pa.array(self.text_ids[positions], pa.string()),
+            "churn_probability": pa.array(self.prob[positions], pa.float64()),
+            "risk_tier": pa.array(TIER_NAMES[self.tier[positions]], pa.string()),
+            "lifecycle_stage": stages,
+            "days_to_renewal": number(self.renewal), "expected_ltv": number(self.ltv),
+            "annual_revenue": number(self.revenue), "revenue_at_risk": number(self.at_risk),
+            "main_driver": text, "playbook": playbook,
+        })
+
+    def driver_columns(self, positions: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """The main driver's text and playbook of each of POSITIONS (null: no driver)."""
+        if self._driver_text is not None:
+            take = pa.array(np.asarray(positions, dtype=np.int64))
+            return self._driver_text.take(take), self._driver_playbook.take(take)
+        drivers = self.main_drivers(positions)
+        return (pa.array([d and d["text"] for d in drivers], pa.string()),
+                pa.array([d and d["playbook"] for d in drivers], pa.string()))
 
     def main_drivers(self, positions: np.ndarray) -> list[dict | None]:
         """Each account's strongest driver, as {"text", "playbook"} (None when nothing
         raises its risk): the score file's, else the scoring core's first driver (the
         risk model's TreeSHAP contributions and `explain`, DRIVER_CHUNK rows at a time)."""
         if self._driver_text is not None:
-            take = pa.array(np.asarray(positions, dtype=np.int64))
-            texts = self._driver_text.take(take).to_pylist()
-            books = self._driver_playbook.take(take).to_pylist()
+            texts, books = (c.to_pylist() for c in self.driver_columns(positions))
             return [None if t is None else {"text": t, "playbook": b}
                     for t, b in zip(texts, books, strict=True)]
         out: list[dict | None] = []
@@ -260,16 +283,6 @@ def _codes(column: pd.Series) -> tuple[np.ndarray, list[str]]:
     levels = sorted(values.dropna().unique().tolist())
     codes = pd.Categorical(values, categories=levels).codes.astype(np.int32)
     return codes, levels
-
-
-def _level(category: tuple[np.ndarray, list[str]] | None, i: int) -> str | None:
-    if category is None or category[0][i] < 0:
-        return None
-    return category[1][category[0][i]]
-
-
-def _number(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
 
 
 def _order(values: np.ndarray, descending: bool) -> np.ndarray:

@@ -30,7 +30,6 @@ List parameters: `tier` (repeatable), `stage`, `attr.NAME=LEVEL` (any category a
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import io
 import logging
@@ -42,6 +41,7 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 
 import numpy as np
+import pyarrow.csv as pa_csv
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -50,6 +50,7 @@ from starlette.routing import Route
 from churnlens.serving.core import score_records
 from churnlens.serving.workspace import (
     DEFAULT_SORT,
+    LIST_COLUMNS,
     SORTS,
     Filters,
     QueryError,
@@ -71,9 +72,6 @@ PAGE_PATH = "/"
 MAX_LIMIT = 500  # rows per list page
 CSV_CHUNK = 20_000  # rows whose main drivers are computed at once while streaming the CSV
 RETRY_AFTER_S = 2  # what a 503 asks the client to wait while the workspace is prepared
-CSV_COLUMNS = ("customer_id", "churn_probability", "risk_tier", "lifecycle_stage",
-               "days_to_renewal", "expected_ltv", "annual_revenue", "revenue_at_risk",
-               "main_driver", "playbook")
 LIST_PARAMS = {"tier", "stage", "renewal_within", "q", "sort", "offset", "limit"}
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
        "connect-src 'self'; img-src data:; form-action 'none'; base-uri 'none'")
@@ -90,8 +88,8 @@ class Building:
 
     def __init__(self, model, rows, scores: str | None = None) -> None:
         self.model, self.rows, self.scores = model, rows, scores
-        self.progress = Progress(total=len(rows), stage=(
-            f"reading the score file {scores}" if scores else "scoring the snapshot"))
+        self.progress = Progress(total=len(rows), stage=(  # no path: clients read it
+            "reading the score file" if scores else "scoring the snapshot"))
         self.workspace: Workspace | None = None
         self.error: str | None = None
 
@@ -228,18 +226,17 @@ def accounts_csv(request: Request, ws: Workspace) -> Response:
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-def _csv_lines(ws: Workspace, positions: np.ndarray) -> Iterator[str]:
-    """The CSV header, then the rows, CSV_CHUNK at a time (a sync iterator: Starlette runs
-    it in a worker thread, so scoring drivers never blocks the event loop)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
+def _csv_lines(ws: Workspace, positions: np.ndarray) -> Iterator[bytes]:
+    """The CSV header, then the rows, CSV_CHUNK at a time, written by Arrow from the list's
+    columns (Python's csv module formatted floats at about 20,000 rows/s). A sync
+    iterator: Starlette runs it in a worker thread, so computing drivers never blocks
+    the event loop."""
+    header = ",".join(f'"{name}"' for name in LIST_COLUMNS) + "\n"
+    yield header.encode()
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
     for start in range(0, positions.size, CSV_CHUNK):
-        writer.writerows(ws.list_rows(positions[start:start + CSV_CHUNK]))
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    if buffer.tell():
+        buffer = io.BytesIO()
+        pa_csv.write_csv(ws.list_table(positions[start:start + CSV_CHUNK]), buffer, options)
         yield buffer.getvalue()
 
 

@@ -139,11 +139,13 @@ def read_score_file(path: str | Path, model: ChurnModel, ids: np.ndarray, as_of:
             f"score file {path}: {int(missing.sum()):,} of the snapshot's {len(ids):,} "
             f"customers have no record (e.g. {[str(i) for i in ids[missing][:3]]}); score the "
             f"snapshot's source as of {as_of.date()} with `churnlens score`")
+    # The first drivers before reordering: taking the nested drivers column cost seconds.
+    text, playbook = _first_driver(table["drivers"])
+    if len(where) == table.num_rows and (where == np.arange(len(where))).all():
+        return Scores({k: table[k].to_numpy() for k in SCORE_COLUMNS}, text, playbook)
     take = pa.array(where)
-    columns = {k: table[k].take(take).to_numpy(zero_copy_only=False) for k in SCORE_COLUMNS}
-    columns["churn_probability"] = columns["churn_probability"].astype(float)
-    text, playbook = _first_driver(table["drivers"].take(take))
-    return Scores(columns, text, playbook)
+    return Scores({k: table[k].take(take).to_numpy() for k in SCORE_COLUMNS},
+                  text.take(take), playbook.take(take))
 
 
 def _first_driver(drivers: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:

@@ -236,14 +236,15 @@ def records(loaded):
     return score_table(ws.model, ws.rows.frame)
 
 
-def test_score_file_gives_the_scored_workspace(loaded, records, tmp_path):
+@pytest.mark.parametrize("order", ["snapshot", "shuffled"])
+def test_score_file_gives_the_scored_workspace(loaded, records, tmp_path, order):
     ws = loaded[0]
     # Shuffled, with a customer the snapshot does not hold: matched by id, the extra left out.
     extra = records.slice(0, 1).set_column(0, "customer_id", pa.array(["not-in-snapshot"]))
     shuffled = pa.concat_tables([records.take(np.random.default_rng(0).permutation(ws.n)),
                                  extra])
-    path = _write_scores(tmp_path / "s.parquet", shuffled, ws.model.info_ref,
-                         str(ws.as_of.date()))
+    path = _write_scores(tmp_path / "s.parquet", records if order == "snapshot" else shuffled,
+                         ws.model.info_ref, str(ws.as_of.date()))
     building = Building(ws.model, ws.rows, str(path))
     building.run()
     from_file = building.workspace
