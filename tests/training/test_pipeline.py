@@ -121,8 +121,12 @@ def _test_rows(source) -> pd.DataFrame:
     return build_snapshot(load_source(source), "2026-10-01", Settings()).frame.head(200)
 
 
-def test_gate_keeps_a_worse_challenger_out(trained):
-    settings, first, source, *_ = trained
+def test_gate_keeps_a_worse_challenger_out(trained, tmp_path):
+    settings, first, *_ = trained
+    # The gate scores the champion on the challenger's own test rows, so the challenger
+    # need not see the champion's 20,000 customers: 3,000 others make the same comparison.
+    source = tmp_path / "sample"
+    write_sample(generate_sample(3000, seed=12), source)
     worse = Settings(
         data={"source": source}, paths=settings.paths.model_dump(),
         training={"lightgbm": {"n_estimators": 2, "num_leaves": 2, "max_depth": 1}},
