@@ -15,19 +15,28 @@ failed payment and no refund, when the typical customer has none).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
 from churnlens.features.queries import Feature
 from churnlens.settings import DRIVER_GROUPS, PlaybookSettings, TierSettings
-from churnlens.training.sentences import Columns, rounded, sentence
+from churnlens.training.sentences import Columns, rounded, rounded_as, rounding, sentence
 
 TIER_NAMES = np.array(["low", "medium", "high", "critical"])
 # A driver raises the log-odds of churning by at least this much (the odds by about 5%):
 # below it a TreeSHAP attribution is the trees' noise, and a customer-success team would be
 # sent to act on a value that barely moves the risk ("first value took 1 day" at +0.016).
 MIN_CONTRIBUTION = 0.05
+# Layouts of recently seen (features, typical) pairs (a model's), by the identity of the two
+# objects; an entry is used only while both still equal the copies it keeps, so that a list
+# or mapping changed in place, or a new object at a recycled address, gets a new layout.
+# Module-level rather than on a model, so that nothing of it is ever pickled.
+_LAYOUTS: dict[tuple[int, int], _Layout] = {}
+_MAX_LAYOUTS = 16
+_NO_TYPICAL: Mapping[str, float | str | None] = MappingProxyType({})
 
 
 def risk_tier(probs, tiers: TierSettings) -> np.ndarray:
@@ -45,12 +54,61 @@ def risk_tier(probs, tiers: TierSettings) -> np.ndarray:
     return TIER_NAMES[np.searchsorted(edges, p, side="right")]
 
 
-def _group_layout(features: list[Feature]) -> list[str]:
-    unknown = sorted({f.group for f in features} - set(DRIVER_GROUPS))
-    if unknown:
-        raise ValueError(f"feature group(s) {unknown} are not driver groups "
-                         f"{list(DRIVER_GROUPS)}; fix the feature list")
-    return [g for g in DRIVER_GROUPS if any(f.group == g for f in features)]
+@dataclass(frozen=True)
+class _Layout:
+    """What `explain` needs of a feature list and its typical values, worked out once."""
+
+    features: list[Feature]  # copies of the pair the layout was built for
+    typical: dict[str, float | str | None]
+    names: list[str]
+    groups: list[str]  # the driver groups present, in DRIVER_GROUPS order
+    members: list[np.ndarray]  # per group, the positions of its features in `names`
+    labels: dict[str, str]
+    # Numeric features with a typical value, per `rounding` rule: (rule, positions in
+    # `names`, names, the typical values as sentences show them).
+    numeric: list[tuple[str, np.ndarray, list[str], np.ndarray]]
+    categories: list[tuple[int, str, str]]  # (position, name, typical level as str)
+
+    @classmethod
+    def build(cls, features: list[Feature], typical: Mapping[str, float | str | None]
+              ) -> _Layout:
+        """Raises ValueError naming the groups of FEATURES that are not driver groups."""
+        unknown = sorted({f.group for f in features} - set(DRIVER_GROUPS))
+        if unknown:
+            raise ValueError(f"feature group(s) {unknown} are not driver groups "
+                             f"{list(DRIVER_GROUPS)}; fix the feature list")
+        groups = [g for g in DRIVER_GROUPS if any(f.group == g for f in features)]
+        rules: dict[str, list[int]] = {}
+        categories = []
+        for j, f in enumerate(features):
+            t = typical.get(f.name)
+            if t is None:
+                continue
+            if f.kind == "category":
+                categories.append((j, f.name, str(t)))
+            else:
+                rules.setdefault(rounding(f.name), []).append(j)
+        numeric = []
+        for rule, js in rules.items():
+            names = [features[j].name for j in js]
+            shown = np.array([rounded(n, typical[n]) for n in names], dtype=float)
+            numeric.append((rule, np.array(js, dtype=np.intp), names, shown))
+        members = [np.array([j for j, f in enumerate(features) if f.group == g])
+                   for g in groups]
+        return cls(list(features), dict(typical), [f.name for f in features], groups,
+                   members, {f.name: f.label for f in features}, numeric, categories)
+
+
+def _layout(features: list[Feature], typical: Mapping[str, float | str | None]) -> _Layout:
+    key = (id(features), id(typical))
+    found = _LAYOUTS.get(key)
+    if found is not None and found.features == features and found.typical == typical:
+        return found
+    built = _Layout.build(features, typical)
+    if len(_LAYOUTS) >= _MAX_LAYOUTS:
+        _LAYOUTS.pop(next(iter(_LAYOUTS), None), None)  # the oldest entry
+    _LAYOUTS[key] = built
+    return built
 
 
 def _check_inputs(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Feature],
@@ -60,29 +118,48 @@ def _check_inputs(frame: pd.DataFrame, contributions: pd.DataFrame, features: li
     if len(frame) != len(contributions):
         raise ValueError(f"frame has {len(frame)} rows but contributions has "
                          f"{len(contributions)}; pass contributions of the same rows")
-    names = [f.name for f in features]
     for what, table in (("contributions lack", contributions), ("frame lacks", frame)):
-        missing = [n for n in names if n not in table.columns]
+        present = set(table.columns)
+        missing = [f.name for f in features if f.name not in present]
         if missing:
             raise ValueError(f"{what} {len(missing)} feature column(s): {missing}")
 
 
-def _at_typical(frame: pd.DataFrame, features: list[Feature],
-                typical: Mapping[str, float | str | None]) -> np.ndarray:
+def _contribution_values(contributions: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """(rows, features) in NAMES order, laid out as pandas gives `contributions[names]`
+    (column-major): the group totals are sums in that memory order, to the last bit."""
+    if contributions.columns[:len(names)].tolist() == names:
+        # RiskModel.contributions' columns: the features in order, then "bias".
+        return np.asfortranarray(contributions.to_numpy(dtype=float)[:, :len(names)])
+    return np.asfortranarray(contributions[names].to_numpy(dtype=float))
+
+
+def _at_typical(frame: pd.DataFrame, layout: _Layout) -> tuple[np.ndarray, dict]:
     """(rows, features): True where a row's value is the typical one as its sentence shows
-    it; such a value cannot say why it raises risk."""
-    out = np.zeros((len(frame), len(features)), dtype=bool)
-    for j, f in enumerate(features):
-        t = typical.get(f.name)
-        if t is None:
-            continue
-        column = frame[f.name]
-        if f.kind == "category":
-            out[:, j] = column.notna().to_numpy() & (column.astype(str).to_numpy() == str(t))
-        else:
+    it (such a value cannot say why it raises risk); and the float64 columns read."""
+    out = np.zeros((len(frame), len(layout.names)), dtype=bool)
+    numbers = {}
+    for rule, positions, names, typical in layout.numeric:
+        columns = []
+        for name in names:
+            column = frame[name]
             values = column.to_numpy(dtype="float64", na_value=np.nan)
-            out[:, j] = rounded(f.name, values) == rounded(f.name, t)
-    return out
+            if column.dtype == np.float64:
+                numbers[name] = values
+            columns.append(values)
+        out[:, positions] = rounded_as(rule, np.column_stack(columns)) == typical
+    for j, name, level in layout.categories:
+        out[:, j] = _is_level(frame[name], level)
+    return out, numbers
+
+
+def _is_level(column: pd.Series, level: str) -> np.ndarray:
+    """Known values of COLUMN that read as LEVEL (compared as str)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        levels = np.array([str(c) == level for c in column.cat.categories] + [False])
+        return levels[column.cat.codes.to_numpy()]
+    values = column.to_numpy(dtype=object)
+    return ~pd.isna(values) & (values.astype(str) == level)
 
 
 def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Feature],
@@ -101,29 +178,39 @@ def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Fea
     an unknown group or top_n < 1.
     """
     _check_inputs(frame, contributions, features, top_n)
-    names = [f.name for f in features]
-    groups = _group_layout(features)
-    values = contributions[names].to_numpy(dtype=float)
-    members = [np.array([j for j, f in enumerate(features) if f.group == g]) for g in groups]
+    typical = typical if typical else _NO_TYPICAL
+    layout = _layout(features, typical)
+    values = _contribution_values(contributions, layout.names)
+    at_typical, numbers = _at_typical(frame, layout)
+    members = layout.members
     totals = np.column_stack([values[:, m].sum(axis=1) for m in members])
-    telling = np.where((values > 0) & ~_at_typical(frame, features, typical or {}), values, 0.0)
+    telling = np.where((values > 0) & ~at_typical, values, 0.0)
     # Per row and group, the position (in `names`) of the feature that tells it.
     top_feature = np.column_stack([m[np.argmax(telling[:, m], axis=1)] for m in members])
     told = np.column_stack([telling[:, m].max(axis=1) > 0 for m in members])
     listed = told & (totals >= MIN_CONTRIBUTION)
     order = np.argsort(-np.where(listed, totals, -np.inf), axis=1, kind="stable")[:, :top_n]
-    columns = Columns(frame, {f.name: f.label for f in features}, typical or {})
-    out = []
-    for i in range(len(frame)):
-        drivers = []
-        for g in order[i]:
-            if not listed[i, g]:
-                break
-            name = names[top_feature[i, g]]
-            drivers.append({
-                "name": groups[g], "feature": name, "value": columns.value(name, i),
-                "contribution": float(totals[i, g]), "direction": "raises risk",
-                "text": sentence(columns, i, name), "playbook": getattr(playbooks, groups[g]),
-            })
-        out.append(drivers)
+    columns = Columns(frame, layout.labels, typical, numbers)
+    return _drivers(layout, playbooks, columns, listed, order, top_feature, totals)
+
+
+def _drivers(layout: _Layout, playbooks: PlaybookSettings, columns: Columns,
+             listed: np.ndarray, order: np.ndarray, top_feature: np.ndarray,
+             totals: np.ndarray) -> list[list[dict]]:
+    """The driver dicts of each row from `explain`'s arrays: the listed groups in ORDER."""
+    # Listed groups sort before the others (-inf), so each row's drivers are a prefix of
+    # its ORDER; nonzero walks them row by row, largest first.
+    rows, ranks = np.nonzero(np.take_along_axis(listed, order, axis=1))
+    group = order[rows, ranks]
+    names, groups = layout.names, layout.groups
+    books = [getattr(playbooks, g) for g in groups]
+    out: list[list[dict]] = [[] for _ in range(len(listed))]
+    for i, g, j, total in zip(rows.tolist(), group.tolist(), top_feature[rows, group].tolist(),
+                              totals[rows, group].tolist(), strict=True):
+        name = names[j]
+        out[i].append({
+            "name": groups[g], "feature": name, "value": columns.value(name, i),
+            "contribution": total, "direction": "raises risk",
+            "text": sentence(columns, i, name), "playbook": books[g],
+        })
     return out

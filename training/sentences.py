@@ -21,23 +21,70 @@ _PLURALS = ("tickets", "payments", "events", "days", "refunds", "features")
 
 
 class Columns:
-    """Feature values by row position, converted per column only when first asked for, and
-    the typical training value of each feature (None when unknown)."""
+    """Feature values by row position, each column read once (when first asked for) into
+    plain Python values, and the typical training value of each feature (None when unknown).
+
+    numbers: float64 arrays of columns the caller has already read from FRAME (the same
+    values as FRAME's), so that they are not read twice.
+    """
 
     def __init__(self, frame: pd.DataFrame, labels: dict[str, str],
-                 typical: Mapping[str, float | str | None]):
-        self.frame, self.labels, self.typical, self._cache = frame, labels, typical, {}
+                 typical: Mapping[str, float | str | None],
+                 numbers: Mapping[str, np.ndarray] | None = None):
+        self.frame, self.labels, self.typical = frame, labels, typical
+        self._numbers = dict(numbers or {})
+        self._plain: dict[str, list] = {}
+        self._rounded: dict[str, list] = {}
+        self._typical_rounded: dict[str, float] = {}
 
     def value(self, name: str, i: int) -> float | str | None:
         """A plain value: float for numbers, str for categories, None when unknown."""
+        return self._column(name)[i]
+
+    def shown_as_typical(self, name: str, i: int) -> bool:
+        """Whether row I's value of NAME, a number, reads as the typical value of NAME (a
+        number too) in a sentence: equal once both are `rounded`."""
+        shown = self._rounded.get(name)
+        if shown is None:
+            plain = self._column(name)
+            numbers = self._numbers.get(name)
+            if numbers is None:  # not a float64 column: the numbers among its values
+                numbers = np.array([v if isinstance(v, float) else np.nan for v in plain],
+                                   dtype=float)
+            shown = self._rounded[name] = rounded(name, numbers).tolist()
+        if name not in self._typical_rounded:
+            self._typical_rounded[name] = float(rounded(name, self.typical[name]))
+        return shown[i] == self._typical_rounded[name]
+
+    def _column(self, name: str) -> list:
+        plain = self._plain.get(name)
+        if plain is None:
+            plain = self._plain[name] = self._read(name)
+        return plain
+
+    def _read(self, name: str) -> list:
         if name not in self.frame.columns:
-            return None
-        if name not in self._cache:
-            self._cache[name] = self.frame[name].to_numpy(dtype=object)
-        v = self._cache[name][i]
-        if v is None or (not isinstance(v, str) and pd.isna(v)):
-            return None
-        return v if isinstance(v, str) else float(v)
+            return [None] * len(self.frame)
+        column = self.frame[name]
+        if name not in self._numbers and column.dtype == np.float64:
+            self._numbers[name] = column.to_numpy()
+        if name in self._numbers:
+            numbers = self._numbers[name]
+            out = numbers.astype(object)  # Python floats
+            out[np.isnan(numbers)] = None
+            return out.tolist()
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            levels = [_plain(v) for v in column.cat.categories.to_numpy(dtype=object)]
+            return np.array([*levels, None], dtype=object)[column.cat.codes.to_numpy()].tolist()
+        values = column.to_numpy(dtype=object)
+        return [None if unknown else v if isinstance(v, str) else float(v)
+                for v, unknown in zip(values.tolist(), pd.isna(values).tolist(), strict=True)]
+
+
+def _plain(v) -> float | str | None:
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return None
+    return v if isinstance(v, str) else float(v)
 
 
 def _num(v: float) -> str:
@@ -70,12 +117,23 @@ def _shown(name: str) -> Callable[[float], str]:
     return _pct if name in _PERCENT else _day_count if _is_days(name) else _num
 
 
+def rounding(name: str) -> str:
+    """How sentences round NAME's values: "percent" (whole percents of a fraction), "days"
+    (whole) or "number" (one decimal below 100, whole from 100 on)."""
+    return "percent" if name in _PERCENT else "days" if _is_days(name) else "number"
+
+
 def rounded(name: str, values) -> np.ndarray:
     """VALUES of NAME to the precision its sentence shows them (NaN stays NaN)."""
+    return rounded_as(rounding(name), values)
+
+
+def rounded_as(rule: str, values) -> np.ndarray:
+    """VALUES (any shape) rounded by RULE, one of `rounding`'s (NaN stays NaN)."""
     v = np.asarray(values, dtype=float)
-    if name in _PERCENT:
+    if rule == "percent":
         return np.round(v * 100)
-    if _is_days(name):
+    if rule == "days":
         return np.round(v)
     return np.where(np.abs(v) >= 100, np.round(v), np.round(v, 1))
 
@@ -92,7 +150,7 @@ def _vs(c: Columns, i: int, name: str, of: str | None = None) -> str:
         return f" (most customers: {_fmt(typical)})"
     if value is None:
         return f" (typical: {_shown(name)(typical)})"
-    if rounded(name, value) == rounded(name, typical):
+    if c.shown_as_typical(name, i):
         return ""
     return f", {'above' if value > typical else 'below'} the typical {_shown(name)(typical)}"
 

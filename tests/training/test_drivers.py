@@ -285,3 +285,75 @@ def test_risk_tiers_at_the_thresholds():
 def test_risk_tier_rejects_missing_probabilities():
     with pytest.raises(ValueError, match=r"1 of 2 probabilities are missing or outside \[0, 1\]"):
         risk_tier(np.array([0.2, np.nan]), TierSettings())
+
+
+# The last commit of the per-row implementation, the oracle of the vectorised one.
+ORACLE_COMMIT = "0020238"
+
+
+def _oracle_explain(tmp_path):
+    """`explain` of ORACLE_COMMIT's training/drivers.py and sentences.py (git show), loaded
+    under other module names beside the current ones."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    names = {"sentences": "churnlens_oracle_sentences", "drivers": "churnlens_oracle_drivers"}
+    for stem, module in names.items():
+        source = subprocess.run(["git", "-C", str(repo), "show", f"{ORACLE_COMMIT}:training/{stem}.py"],
+                                check=True, capture_output=True, text=True).stdout
+        source = source.replace("from churnlens.training.sentences import",
+                                f"from {names['sentences']} import")
+        path = tmp_path / f"{module}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(module, path)
+        sys.modules[module] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[module])
+    return sys.modules[names["drivers"]].explain
+
+
+def _varied(rows: pd.DataFrame, model: RiskModel, seed: int) -> pd.DataFrame:
+    """ROWS with a share of values missing, set to the typical value or nudged around the
+    point where sentences round, categories as pandas categories: every sentence branch."""
+    rng = np.random.default_rng(seed)
+    out = rows.copy()
+    for f in model.features:
+        col = out[f.name]
+        if f.kind == "category":
+            out[f.name] = col.where(rng.random(len(col)) > 0.1).astype("category")
+            continue
+        typical = model.typical_.get(f.name)
+        if typical is not None:
+            col = col.where(rng.random(len(col)) > 0.15, typical)
+            nudged = typical + rng.choice([-0.05, 0.049, 0.5], len(col))
+            col = col.where(rng.random(len(col)) > 0.1, nudged)
+        out[f.name] = col.where(rng.random(len(col)) > 0.1)
+    return out
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2])
+def test_drivers_equal_the_per_row_implementation(fitted, tmp_path, seed):
+    rows, contrib, drivers, model = fitted
+    old_explain = _oracle_explain(tmp_path)
+    if seed is not None:
+        rows = _varied(rows, model, seed)
+        contrib = model.contributions(rows)
+        drivers = explain(rows, contrib, model.features, PLAYBOOKS, 3, model.typical_)
+    for typical in (model.typical_, None):
+        new = drivers if typical is model.typical_ else explain(rows, contrib, model.features,
+                                                                 PLAYBOOKS, 3, typical)
+        old = old_explain(rows, contrib, model.features, PLAYBOOKS, 3, typical)
+        assert sum(map(len, new)) > len(rows)
+        assert new == old
+        # Same floats to the last bit, same Python types (the records are JSON-encoded).
+        pairs = [(a, b) for r, s in zip(new, old, strict=True) for a, b in zip(r, s, strict=True)]
+        assert all(a["contribution"].hex() == b["contribution"].hex()
+                   and type(a["value"]) is type(b["value"]) for a, b in pairs)
+    # One row at a time (the endpoint's case) too. (A one-row group total may differ from
+    # the same row's in a batch in the last bit, as before: numpy sums a lone row in
+    # another order.)
+    for i in range(0, len(rows), max(1, len(rows) // 40)):
+        one = [rows.iloc[[i]], contrib.iloc[[i]], model.features, PLAYBOOKS, 3, model.typical_]
+        assert explain(*one) == old_explain(*one)
