@@ -155,9 +155,13 @@ def startup(snapshot: Path, scores: Path | None, workdir: Path, log_path: Path) 
                     time.sleep(0.2)
             workspace_s = time.perf_counter() - t0
             rss = tree_rss(server.pid)
+        except BaseException:
+            print(log_path.read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=60)
     return {"scores": scores is not None, "ready_s": round(ready_s, 2),
             "workspace_s": round(workspace_s, 2), "first_503": preparing,
             "rss_gib": round(rss / 2**30, 2), "load_before": load_before,
@@ -272,8 +276,14 @@ def run_startup(snapshot: Path, scores: Path, workdir: Path) -> None:
             rows.append({"customers": customers, **row})
             print(json.dumps(rows[-1]))
     RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "workspace-startup.jsonl", "a") as out:
+    log = RESULTS / "workspace-startup.jsonl"
+    with open(log, "a") as out:
         out.writelines(json.dumps(r) + "\n" for r in rows)
+    every = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    (RESULTS / "workspace-startup.md").write_text(
+        f"# Workspace start-up\n\n`python benchmarks/workspace.py --startup SNAPSHOT SCORES "
+        f"WORKDIR` on {os.cpu_count()} cores, every run so far (newest last)."
+        + startup_markdown(every))
     print(startup_markdown(rows))
 
 

@@ -93,12 +93,13 @@ def serve(config: ServeConfig, host: str, port: int, log: Callable[[str], None])
 
     Raises StartupError (one message) when the port, the model or the snapshot is unusable.
     """
-    from churnlens.serving import startup
+    from churnlens.serving import startup, workspace_scores
 
     signal.signal(signal.SIGTERM, _stop)  # also while loading: stop at once, cleanly
     try:
         with own_metrics_folder() as folder:
             loaded = startup.load(replace(config, fail_fast=partial(_fail_now, folder)))
+            workspace_scores.check_env(loaded.model, loaded.prepared)  # --scores, at once
             sock = bind(host, port)
             try:
                 startup.hand_over(loaded)

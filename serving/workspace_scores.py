@@ -12,6 +12,7 @@ file's metadata only), for start-up.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,14 @@ def check_score_file(path: str | Path, model: ChurnModel, as_of: pd.Timestamp) -
     meta = json.loads(metadata[META_KEY])
     _check_origin(path, model, as_of, {meta["model"].get("name")},
                   {str(meta["model"].get("version"))}, {meta["as_of"]})
+
+
+def check_env(model: ChurnModel, rows: Prepared) -> None:
+    """`check_score_file` of the file ENV_SCORES names (nothing when unset), against the
+    snapshot ROWS' date: `churnlens serve` calls it before it opens the port."""
+    path = os.environ.get(ENV_SCORES)
+    if path:
+        check_score_file(path, model, pd.Timestamp(rows.frame["cutoff"].max()).normalize())
 
 
 def _check_origin(path, model: ChurnModel, as_of: pd.Timestamp, names: set, versions: set,
