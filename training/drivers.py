@@ -126,28 +126,27 @@ def _check_inputs(frame: pd.DataFrame, contributions: pd.DataFrame, features: li
 
 
 def _contribution_values(contributions: pd.DataFrame, names: list[str]) -> np.ndarray:
-    """(rows, features) in NAMES order, laid out as pandas gives `contributions[names]`
-    (column-major): the group totals are sums in that memory order, to the last bit."""
+    """(rows, features) in NAMES order (a view when the columns start with NAMES)."""
     if contributions.columns[:len(names)].tolist() == names:
         # RiskModel.contributions' columns: the features in order, then "bias".
-        return np.asfortranarray(contributions.to_numpy(dtype=float)[:, :len(names)])
-    return np.asfortranarray(contributions[names].to_numpy(dtype=float))
+        return contributions.to_numpy(dtype=float)[:, :len(names)]
+    return contributions[names].to_numpy(dtype=float)
 
 
 def _at_typical(frame: pd.DataFrame, layout: _Layout) -> tuple[np.ndarray, dict]:
     """(rows, features): True where a row's value is the typical one as its sentence shows
     it (such a value cannot say why it raises risk); and the float64 columns read."""
-    out = np.zeros((len(frame), len(layout.names)), dtype=bool)
+    # Column-major: each column is written in one contiguous piece.
+    out = np.zeros((len(frame), len(layout.names)), dtype=bool, order="F")
     numbers = {}
     for rule, positions, names, typical in layout.numeric:
-        columns = []
-        for name in names:
+        matrix = np.empty((len(frame), len(names)), order="F")
+        for k, name in enumerate(names):
             column = frame[name]
-            values = column.to_numpy(dtype="float64", na_value=np.nan)
+            matrix[:, k] = values = column.to_numpy(dtype="float64", na_value=np.nan)
             if column.dtype == np.float64:
                 numbers[name] = values
-            columns.append(values)
-        out[:, positions] = rounded_as(rule, np.column_stack(columns)) == typical
+        out[:, positions] = rounded_as(rule, matrix) == typical
     for j, name, level in layout.categories:
         out[:, j] = _is_level(frame[name], level)
     return out, numbers
@@ -186,8 +185,10 @@ def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Fea
     totals = np.column_stack([values[:, m].sum(axis=1) for m in members])
     telling = np.where((values > 0) & ~at_typical, values, 0.0)
     # Per row and group, the position (in `names`) of the feature that tells it.
-    top_feature = np.column_stack([m[np.argmax(telling[:, m], axis=1)] for m in members])
-    told = np.column_stack([telling[:, m].max(axis=1) > 0 for m in members])
+    by_group = [telling[:, m] for m in members]
+    top_feature = np.column_stack([m[np.argmax(t, axis=1)]
+                                   for m, t in zip(members, by_group, strict=True)])
+    told = np.column_stack([t.max(axis=1) > 0 for t in by_group])
     listed = told & (totals >= MIN_CONTRIBUTION)
     order = np.argsort(-np.where(listed, totals, -np.inf), axis=1, kind="stable")[:, :top_n]
     columns = Columns(frame, layout.labels, typical, numbers)

@@ -36,6 +36,7 @@ class Columns:
         self._plain: dict[str, list] = {}
         self._rounded: dict[str, list] = {}
         self._typical_rounded: dict[str, float] = {}
+        self._typical_text: dict[str, str] = {}
 
     def value(self, name: str, i: int) -> float | str | None:
         """A plain value: float for numbers, str for categories, None when unknown."""
@@ -55,6 +56,13 @@ class Columns:
         if name not in self._typical_rounded:
             self._typical_rounded[name] = float(rounded(name, self.typical[name]))
         return shown[i] == self._typical_rounded[name]
+
+    def typical_shown(self, name: str) -> str:
+        """The typical value of NAME (a number) as its sentences write values."""
+        shown = self._typical_text.get(name)
+        if shown is None:
+            shown = self._typical_text[name] = _shown(name)(self.typical[name])
+        return shown
 
     def _column(self, name: str) -> list:
         plain = self._plain.get(name)
@@ -149,10 +157,10 @@ def _vs(c: Columns, i: int, name: str, of: str | None = None) -> str:
     if isinstance(typical, str) or isinstance(value, str):
         return f" (most customers: {_fmt(typical)})"
     if value is None:
-        return f" (typical: {_shown(name)(typical)})"
+        return f" (typical: {c.typical_shown(name)})"
     if c.shown_as_typical(name, i):
         return ""
-    return f", {'above' if value > typical else 'below'} the typical {_shown(name)(typical)}"
+    return f", {'above' if value > typical else 'below'} the typical {c.typical_shown(name)}"
 
 
 def _generic(c: Columns, i: int, name: str) -> str:
