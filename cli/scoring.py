@@ -73,7 +73,8 @@ def add_commands(sub, parents) -> None:
                                            "answer within this many seconds")
     p.add_argument("--scores", type=existing_file, metavar="PATH",
                    help="a `churnlens score` file of the snapshot's date and the served model: "
-                        "the workspace reads it instead of scoring the snapshot")
+                        "the workspace reads it instead of scoring the snapshot (default: none, "
+                        "the workspace scores the snapshot)")
     p.set_defaults(run=serve)
 
 
