@@ -143,9 +143,11 @@ def _at_typical(frame: pd.DataFrame, layout: _Layout) -> tuple[np.ndarray, dict]
         matrix = np.empty((len(frame), len(names)), order="F")
         for k, name in enumerate(names):
             column = frame[name]
-            matrix[:, k] = values = column.to_numpy(dtype="float64", na_value=np.nan)
-            if column.dtype == np.float64:
-                numbers[name] = values
+            if column.dtype == np.float64:  # checked rows: read as is, no NA conversion
+                values = numbers[name] = column.to_numpy()
+            else:
+                values = column.to_numpy(dtype="float64", na_value=np.nan)
+            matrix[:, k] = values
         out[:, positions] = rounded_as(rule, matrix) == typical
     for j, name, level in layout.categories:
         out[:, j] = _is_level(frame[name], level)
@@ -155,8 +157,9 @@ def _at_typical(frame: pd.DataFrame, layout: _Layout) -> tuple[np.ndarray, dict]
 def _is_level(column: pd.Series, level: str) -> np.ndarray:
     """Known values of COLUMN that read as LEVEL (compared as str)."""
     if isinstance(column.dtype, pd.CategoricalDtype):
-        levels = np.array([str(c) == level for c in column.cat.categories] + [False])
-        return levels[column.cat.codes.to_numpy()]
+        categorical = column.array  # codes and levels without building Series
+        levels = np.array([str(c) == level for c in categorical.categories] + [False])
+        return levels[categorical.codes]
     values = column.to_numpy(dtype=object)
     return ~pd.isna(values) & (values.astype(str) == level)
 

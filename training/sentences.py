@@ -82,8 +82,9 @@ class Columns:
             out[np.isnan(numbers)] = None
             return out.tolist()
         if isinstance(column.dtype, pd.CategoricalDtype):
-            levels = [_plain(v) for v in column.cat.categories.to_numpy(dtype=object)]
-            return np.array([*levels, None], dtype=object)[column.cat.codes.to_numpy()].tolist()
+            categorical = column.array
+            levels = [_plain(v) for v in categorical.categories.to_numpy(dtype=object)]
+            return np.array([*levels, None], dtype=object)[categorical.codes].tolist()
         values = column.to_numpy(dtype=object)
         return [None if unknown else v if isinstance(v, str) else float(v)
                 for v, unknown in zip(values.tolist(), pd.isna(values).tolist(), strict=True)]
