@@ -302,8 +302,12 @@ def _oracle_explain(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     names = {"sentences": "churnlens_oracle_sentences", "drivers": "churnlens_oracle_drivers"}
     for stem, module in names.items():
-        source = subprocess.run(["git", "-C", str(repo), "show", f"{ORACLE_COMMIT}:training/{stem}.py"],
-                                check=True, capture_output=True, text=True).stdout
+        shown = subprocess.run(["git", "-C", str(repo), "show",
+                                f"{ORACLE_COMMIT}:training/{stem}.py"],
+                               capture_output=True, text=True)
+        if shown.returncode != 0:  # a shallow clone or an unpacked sdist has no history
+            pytest.skip(f"the oracle needs commit {ORACLE_COMMIT} in git: {shown.stderr.strip()}")
+        source = shown.stdout
         source = source.replace("from churnlens.training.sentences import",
                                 f"from {names['sentences']} import")
         path = tmp_path / f"{module}.py"
