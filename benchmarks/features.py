@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -40,10 +41,14 @@ print("RESULT " + json.dumps({"seconds": seconds, "peak_bytes": peak, "rows": ro
 
 
 def run_stage(stage: str, n: int, folder: str) -> dict:
+    """One stage in a fresh process; its seconds, peak and the load average around it (the
+    machine may be shared: a figure is only as good as the load it was measured under)."""
+    before = os.getloadavg()[0]
     out = subprocess.run([sys.executable, "-c", STAGE, stage, str(n), folder],
                          capture_output=True, text=True, check=True)
     line = next(x for x in out.stdout.splitlines() if "RESULT " in x)
-    return json.loads(line.split("RESULT ", 1)[1])
+    return {**json.loads(line.split("RESULT ", 1)[1]),
+            "load_average": [round(before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def measure(n: int, runs: int) -> dict:
@@ -77,13 +82,17 @@ def main() -> None:
         report["sizes"][str(n)] = measure(n, args.runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "features.json").write_text(json.dumps(report, indent=2))
-    lines = ["| customers | training rows | stage | median s | median peak GiB | max peak GiB |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| customers | training rows | stage | median s | runs s | median peak GiB | "
+             "max peak GiB | load average before, after |", "|---|---|---|---|---|---|---|---|"]
     for n, s in report["sizes"].items():
         for stage in ("generate", "build_training_set"):
+            runs = s[stage]["runs"]
+            seconds = ", ".join(f"{r['seconds']:.1f}" for r in runs)
+            loads = "; ".join(f"{r['load_average'][0]}, {r['load_average'][1]}" for r in runs)
             lines.append(f"| {int(n):,} | {s['training_rows']:,} | {stage} | "
-                         f"{s[stage]['median_seconds']:.1f} | {s[stage]['median_peak_gib']:.2f} | "
-                         f"{s[stage]['max_peak_gib']:.2f} |")
+                         f"{s[stage]['median_seconds']:.1f} | {seconds} | "
+                         f"{s[stage]['median_peak_gib']:.2f} | {s[stage]['max_peak_gib']:.2f} | "
+                         f"{loads} |")
     table = "\n".join(lines)
     (RESULTS / "features.md").write_text(
         f"# Feature benchmark\n\nMedians of {args.runs} runs, each stage in a fresh process "
