@@ -94,7 +94,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     try:
         sql = feature_sql(fs, features, spine=from_item(spine),
                           daily=from_item(daily if daily is not None else own_daily),
-                          sources=sources, one_cutoff=one_cutoff)
+                          sources=sources, one_cutoff=one_cutoff, materialized=True)
         if labels is not None:
             columns = ", ".join(f"label.{c}" for c in LABEL_COLUMNS)
             sql = (f"SELECT feature.*, {columns} FROM ({sql}) AS feature "

@@ -219,7 +219,8 @@ def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spin
 
 
 def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str, daily: str,
-                sources: Sources = LOADED, one_cutoff: bool = False) -> str:
+                sources: Sources = LOADED, one_cutoff: bool = False,
+                materialized: bool = False) -> str:
     """One query giving customer_id, cutoff and each of FEATURES for each row of SPINE.
 
     features: from `churnlens.features.catalog.feature_plan` (or a trained model's list);
@@ -228,7 +229,10 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
     `event_types_of(FEATURES)` (read only by event features); sources: where the contract
     tables are; one_cutoff: SPINE holds a single cutoff, recency is read from the events
     (`recency_at_sql`), and DAILY needs only the days of the usage windows, without running
-    totals (`events_daily_sql(..., running_totals=False, where=recent_days(...))`).
+    totals (`events_daily_sql(..., running_totals=False, where=recent_days(...))`);
+    materialized: each part (CTE) is computed on its own before the joins (DuckDB's
+    `AS MATERIALIZED`; not Spark SQL): run inline, the parts' aggregates and the joins'
+    hash tables all hold memory at once, which overran 2 GB for 100k customers' cutoffs.
     lifecycle_stage has a renewal stage
     exactly when days_to_renewal is among FEATURES. Columns come in the order of FEATURES,
     after customer_id and cutoff. Raises ValueError for a feature it does not know.
@@ -243,7 +247,8 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
                        f"{_account_expressions()['days_to_renewal'][1]} "
                        f"<= {fs.renewal_window_days} AS stage_renewal")
     tenure = days_between("customer.signed_up_at", "spine.cutoff")
-    ctes = "".join(f",\n {name} AS ({sql})" for name, sql in
+    how = "AS MATERIALIZED" if materialized else "AS"
+    ctes = "".join(f",\n {name} {how} ({sql})" for name, sql in
                    _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources,
                           one_cutoff=one_cutoff))
     joins = "\n".join(
