@@ -150,8 +150,8 @@ def serve(args: argparse.Namespace) -> None:
     config = ServeConfig(model_uri=uri, snapshot=str(snapshot.resolve()),
                          cache_dir=Path(settings.paths.work_dir).resolve() / "cache" / "models",
                          registry_timeout_s=args.registry_timeout)
-    say(f"serving {uri} with {snapshot} on http://{host}:{port_number} (API docs: "
-        f"http://{host}:{port_number}/docs, OpenAPI: /docs.json)")
+    # No line before start-up succeeds: a failure is one line (the server says where the
+    # page and the API docs are once the model and snapshot are checked).
     run_server(config, "127.0.0.1" if host == "localhost" else host, port_number, log=say)
 
 

@@ -107,7 +107,8 @@ def serve(config: ServeConfig, host: str, port: int, log: Callable[[str], None])
                 cache = " (model file from the local cache)" if loaded.from_cache else ""
                 log(f"model {loaded.model_uri}{cache} and {len(loaded.snapshot):,} customers "
                     f"checked in {sum((loaded.seconds or {}).values()):.1f} s ({steps}); "
-                    f"starting on http://{host}:{port}")
+                    f"serving on http://{host}:{port} (workspace: /, API docs: /docs, "
+                    "OpenAPI: /docs.json)")
                 _run(sock)
             finally:
                 sock.close()
