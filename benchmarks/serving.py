@@ -147,10 +147,12 @@ def start_server(args, port: int, log) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180) -> float:
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180,
+               t0: float | None = None) -> float:
+    """Seconds from T0 (default: now) until URL's /readyz answers 200."""
     import httpx
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if t0 is None else t0
     while time.perf_counter() - t0 < timeout:
         if proc.poll() is not None:
             raise SystemExit(f"server exited with status {proc.returncode}; see its log")
@@ -159,7 +161,7 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180) -> float:
                 return time.perf_counter() - t0
         except httpx.TransportError:
             pass
-        time.sleep(0.25)
+        time.sleep(0.1)
     raise SystemExit(f"server not ready after {timeout:.0f} s")
 
 

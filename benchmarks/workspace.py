@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving import free_port, tree_rss  # noqa: E402  (benchmarks/serving.py)
+from serving import free_port, tree_rss, wait_ready  # noqa: E402  (benchmarks/serving.py)
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_MS = 200.0
@@ -143,7 +143,7 @@ def startup(snapshot: Path, scores: Path | None, workdir: Path, log_path: Path) 
         server = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
                                   env=env, start_new_session=True)
         try:
-            ready_s = _wait_ready(server, url, t0)
+            ready_s = wait_ready(server, url, READY_TIMEOUT_S, t0)
             preparing = None
             with httpx.Client(base_url=url, timeout=30) as client:
                 while time.perf_counter() - t0 < READY_TIMEOUT_S:
@@ -224,7 +224,7 @@ def main() -> None:
                  "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
             try:
-                ready_s = _wait_ready(server, url)
+                ready_s = wait_ready(server, url, READY_TIMEOUT_S)
                 load_before = [round(x, 2) for x in os.getloadavg()]
                 rows, meta = time_queries(url, args.repeats)
                 load_after = [round(x, 2) for x in os.getloadavg()]
@@ -245,22 +245,6 @@ def main() -> None:
     (RESULTS / "workspace.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / "workspace.md").write_text(markdown(report))
     print(markdown(report))
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, t0: float | None = None) -> float:
-    import httpx
-
-    t0 = time.perf_counter() if t0 is None else t0
-    while time.perf_counter() - t0 < READY_TIMEOUT_S:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with status {proc.returncode}; see its log")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return time.perf_counter() - t0
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"server not ready after {READY_TIMEOUT_S} s")
 
 
 def run_startup(snapshot: Path, scores: Path, workdir: Path) -> None:
