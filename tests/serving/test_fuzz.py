@@ -68,13 +68,15 @@ def test_no_server_error_and_responses_match_the_schema(api_schema, session, met
 @pytest.fixture(scope="module")
 def snapshot_row(trained_env):
     """One snapshot customer's features, as JSON values, and the model's category levels."""
+    import mlflow
     import pandas as pd
 
     from churnlens.serving.batch import load_model
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", trained_env.tracking_uri)
-        model = load_model(trained_env.model_uri)
+    # An in-process `train` earlier in this worker sets MLflow's tracking URI globally,
+    # which outranks the environment: name the session's store explicitly.
+    mlflow.set_tracking_uri(trained_env.tracking_uri)
+    model = load_model(trained_env.model_uri)
     row = pd.read_parquet(trained_env.snapshot).iloc[0]
     features = {f.name: None if pd.isna(row[f.name]) else
                 float(row[f.name]) if f.kind == "numeric" else str(row[f.name])

@@ -15,6 +15,7 @@ import tomllib
 from datetime import date
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -36,12 +37,10 @@ pytestmark = pytest.mark.slow
 def loaded(trained_env):
     from churnlens.serving.batch import load_model
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", trained_env.tracking_uri)
-    try:
-        model = load_model(trained_env.model_uri)
-    finally:
-        mp.undo()
+    # An in-process `train` earlier in this worker sets MLflow's tracking URI globally,
+    # which outranks the environment: name the session's store explicitly.
+    mlflow.set_tracking_uri(trained_env.tracking_uri)
+    model = load_model(trained_env.model_uri)
     frame = pd.read_parquet(trained_env.snapshot)
     frame["customer_id"] = frame["customer_id"].astype(str)
     rows = prepare(model, check_features(model, frame).reset_index(drop=True))
