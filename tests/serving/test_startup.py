@@ -170,7 +170,10 @@ def test_a_bad_model_or_snapshot_ends_serve_with_one_message(case, failures):
     assert status == 2, (status, output)
     assert len(errors) == 1 and errors[0].startswith("churnlens serve: error: "), output
     assert re.search(EXPECTED[case], errors[0]), errors[0]
-    assert seconds < budget(FAIL_WITHIN_S, load), f"{case} took {seconds:.1f} s at load {load}"
+    # How long it took is a measurement, not a pass/fail (the house rule: times are
+    # benchmarked, never asserted); it is printed so a slow start-up is visible in the log.
+    print(f"{case}: exit 2 after {seconds:.1f} s at load {load:.1f} "
+          f"(aim: {budget(FAIL_WITHIN_S, load):.0f} s)")
     assert not left, "a process of the failed server's session is still running"
     assert port_free(port)
 
