@@ -13,6 +13,7 @@ Importing this module is cheap (no MLflow, no pandas): it runs before the fork.
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLE = "bundle.pkl"
+FEATURES = "features.json"  # beside a cached bundle: the model's feature names
 # Stores reached over the network, which may not answer; a local SQLite or file store
 # cannot hang, but may take seconds to open on a busy machine.
 REMOTE = ("http://", "https://", "databricks")
@@ -43,6 +45,7 @@ class Fetched:
     version: str | None = None
     run_id: str | None = None
     cached: bool = False  # True: BUNDLE is the cache's file; False: a fresh download
+    features: tuple[str, ...] | None = None  # the model's feature names, when known
 
     @property
     def exact_uri(self) -> str | None:
@@ -59,20 +62,25 @@ class ModelFetch:
     MLFLOW_HTTP_REQUEST_TIMEOUT. on_error: called with the message as soon as the fetch
     fails (from a watcher thread, while this process may still be importing), so a
     missing model or a silent store ends start-up without waiting for the imports.
+    resolved: the registry version already resolved (`churnlens.serving.registry`), so the
+    child does not ask the store again. check_features: called with the model's feature
+    names as soon as the child has read them (before the bundle's download); a message it
+    returns fails the fetch (a snapshot that cannot fit this model).
     """
 
     def __init__(self, uri: str, cache_dir: Path | None, timeout_s: float,
-                 in_child: bool = True, on_error: Callable[[str], None] | None = None):
+                 in_child: bool = True, on_error: Callable[[str], None] | None = None,
+                 resolved=None, check_features: Callable[[list[str]], str | None] | None = None):
         self.uri, self.timeout_s = uri, timeout_s
         self.scratch = Path(tempfile.mkdtemp(prefix="churnlens-model-"))
-        self.cache_dir = cache_dir
-        self.child = self.watcher = None
+        self.cache_dir, self.resolved, self.check_features = cache_dir, resolved, check_features
+        self.child = self.watcher = self.outcome = None
         if not in_child:
             return
         context = multiprocessing.get_context("fork")
         self.conn, child_conn = context.Pipe(duplex=False)
         self.child = context.Process(target=_child, daemon=True, name="churnlens-model-fetch",
-                                     args=(child_conn, uri, cache_dir, self.scratch))
+                                     args=(child_conn, uri, cache_dir, self.scratch, resolved))
         self.child.start()
         child_conn.close()
         self.watcher = threading.Thread(target=self._watch, args=(on_error,), daemon=True)
@@ -87,10 +95,19 @@ class ModelFetch:
                 self.close()  # on_error exits the process: no child or scratch left behind
                 on_error(str(exc))
 
+    @classmethod
+    def ready(cls, fetched: Fetched) -> ModelFetch:
+        """A fetch that is already done (the cached bundle of a resolved version)."""
+        fetch = cls(fetched.exact_uri or str(fetched.bundle), None, 0.0, in_child=False)
+        fetch.outcome = ("done", fetched)
+        return fetch
+
     def result(self) -> Fetched:
         """The fetched bundle; FetchError when the store fails, refuses or overruns."""
-        if self.child is None:
-            outcome = _outcome(self.uri, self.cache_dir, self.scratch)
+        if self.outcome is not None and self.child is None:
+            outcome = self.outcome
+        elif self.child is None:
+            outcome = _outcome(self.uri, self.cache_dir, self.scratch, self.resolved)
         else:
             self.watcher.join()
             outcome = self.outcome
@@ -117,6 +134,10 @@ class ModelFetch:
             if kind == "imported":
                 if store.startswith(REMOTE):
                     deadline = value + self.timeout_s  # CLOCK_MONOTONIC is system-wide
+            elif kind == "features":
+                problem = self.check_features(value) if self.check_features else None
+                if problem:
+                    raise FetchError(problem)
             elif kind == "error":
                 raise FetchError(value)
             else:
@@ -131,14 +152,16 @@ class ModelFetch:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def commit(fetched: Fetched, cache_dir: Path | None) -> None:
-    """Move a freshly downloaded bundle into the cache, once it has been loaded whole."""
+def commit(fetched: Fetched, cache_dir: Path | None, features: list[str]) -> None:
+    """Move a freshly downloaded bundle into the cache, once it has been loaded whole, with
+    the model's FEATURES beside it (a restart checks the snapshot against them at once)."""
     if fetched.cached or cache_dir is None or not fetched.version:
         return
     folder = cache_folder(cache_dir, fetched.name, fetched.version, fetched.run_id)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staged-"))
     shutil.copyfile(fetched.bundle, staged / BUNDLE)
+    (staged / FEATURES).write_text(json.dumps(list(features)))
     try:
         staged.rename(folder)
     except OSError:  # another server cached it meanwhile: that copy is as good
@@ -149,6 +172,31 @@ def evict(fetched: Fetched) -> None:
     """Drop a cached bundle that does not load, so the next start downloads it again."""
     if fetched.cached:
         shutil.rmtree(fetched.bundle.parent, ignore_errors=True)
+
+
+def cached(root: Path | None, name: str, version: str, run_id: str | None) -> Fetched | None:
+    """The cache's bundle of this exact version, or None when it is not cached."""
+    if root is None:
+        return None
+    folder = cache_folder(root, name, version, run_id)
+    if not (folder / BUNDLE).is_file():
+        return None
+    try:
+        features = tuple(json.loads((folder / FEATURES).read_text()))
+    except (OSError, ValueError):
+        features = None  # cached by an older churnlens: checked once the model is loaded
+    return Fetched(folder / BUNDLE, name, version, run_id, cached=True, features=features)
+
+
+def in_place(resolved) -> Fetched | None:
+    """The bundle of RESOLVED (`registry.Resolved`) read where it lies, when its artifacts
+    are a local folder; None otherwise (it is downloaded)."""
+    folder = resolved.local_folder()
+    if folder is None or not (folder / "artifacts" / BUNDLE).is_file():
+        return None
+    features = signature_features(folder / "MLmodel")
+    return Fetched(folder / "artifacts" / BUNDLE, resolved.name, resolved.version,
+                   resolved.run_id, features=tuple(features) if features else None)
 
 
 def cache_folder(root: Path, name: str, version: str, run_id: str | None) -> Path:
@@ -168,19 +216,21 @@ def shown_uri(uri: str) -> str:
 # ---------------------------------------------------------------- in the child
 
 
-def _child(conn, uri: str, cache_dir: Path | None, scratch: Path) -> None:
+def _child(conn, uri: str, cache_dir: Path | None, scratch: Path, resolved) -> None:
     import mlflow.tracking  # noqa: F401 - the import is not the store's time
 
     conn.send(("imported", time.monotonic()))
-    conn.send(_outcome(uri, cache_dir, scratch))
+    conn.send(_outcome(uri, cache_dir, scratch, resolved,
+                       lambda names: conn.send(("features", names))))
 
 
-def _outcome(uri: str, cache_dir: Path | None, scratch: Path) -> tuple[str, object]:
+def _outcome(uri: str, cache_dir: Path | None, scratch: Path, resolved=None,
+             tell_features: Callable[[list[str]], None] | None = None) -> tuple[str, object]:
     """("done", Fetched) or ("error", message)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return "done", _fetch(uri, cache_dir, scratch)
+        return "done", _fetch(uri, cache_dir, scratch, resolved, tell_features)
     except FetchError as exc:
         return "error", str(exc)
     except MlflowException as exc:
@@ -190,15 +240,48 @@ def _outcome(uri: str, cache_dir: Path | None, scratch: Path) -> tuple[str, obje
         return "error", f"cannot reach the model {shown_uri(uri)}: {type(exc).__name__}: {exc}"
 
 
-def _fetch(uri: str, cache_dir: Path | None, scratch: Path) -> Fetched:
+def _fetch(uri: str, cache_dir: Path | None, scratch: Path, resolved=None,
+           tell_features: Callable[[list[str]], None] | None = None) -> Fetched:
     if not uri.startswith("models:/"):
+        _tell_features(uri, scratch, tell_features)
         return Fetched(_download(uri, scratch))
-    name, version, run_id = _resolve(uri)
-    if cache_dir is not None:
-        cached = cache_folder(cache_dir, name, version, run_id) / BUNDLE
-        if cached.is_file():
-            return Fetched(cached, name, version, run_id, cached=True)
-    return Fetched(_download(f"models:/{name}/{version}", scratch), name, version, run_id)
+    name, version, run_id = ((resolved.name, resolved.version, resolved.run_id) if resolved
+                             else _resolve(uri))
+    hit = cached(cache_dir, name, version, run_id)
+    if hit is not None:
+        return hit
+    exact = f"models:/{name}/{version}"
+    _tell_features(exact, scratch, tell_features)
+    return Fetched(_download(exact, scratch), name, version, run_id)
+
+
+def _tell_features(uri: str, scratch: Path, tell: Callable[[list[str]], None] | None) -> None:
+    """Send the feature names of URI's signature (its small MLmodel file) to TELL, before
+    the bundle's download; nothing when the model has no readable signature."""
+    if tell is None:
+        return
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/MLmodel",
+                                                    dst_path=str(scratch / "signature"))
+    except (MlflowException, OSError):
+        return  # the bundle's download says what is wrong with the model, if anything
+    names = signature_features(Path(local))
+    if names is not None:
+        tell(names)
+
+
+def signature_features(mlmodel: Path) -> list[str] | None:
+    """The input column names of the signature in an MLmodel file (None: none readable)."""
+    import yaml
+
+    try:
+        inputs = yaml.safe_load(mlmodel.read_text())["signature"]["inputs"]
+        return [col["name"] for col in json.loads(inputs)]
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
 
 
 def _resolve(uri: str) -> tuple[str, str, str]:
@@ -212,10 +295,14 @@ def _resolve(uri: str) -> tuple[str, str, str]:
         mv = (client.get_model_version_by_alias(name, alias) if alias
               else client.get_model_version(name, tail))
     except MlflowException as exc:
-        raise FetchError(f"model {uri} not found in {get_tracking_uri()}: "
-                         f"{str(exc.message).splitlines()[0]}; train one with `churnlens "
-                         "train` or pass --model-uri") from None
+        raise FetchError(not_found(uri, get_tracking_uri(), str(exc.message))) from None
     return name, str(mv.version), mv.run_id
+
+
+def not_found(uri: str, store: str, detail: str) -> str:
+    """The message for a registry URI the store does not hold."""
+    return (f"model {uri} not found in {store}: {detail.splitlines()[0]}; train one with "
+            "`churnlens train` or pass --model-uri")
 
 
 def _download(uri: str, into: Path) -> Path:

@@ -93,12 +93,15 @@ def serve(config: ServeConfig, host: str, port: int, log: Callable[[str], None])
 
     Raises StartupError (one message) when the port, the model or the snapshot is unusable.
     """
-    from churnlens.serving import startup, workspace_scores
+    from churnlens.serving import startup
 
     signal.signal(signal.SIGTERM, _stop)  # also while loading: stop at once, cleanly
     try:
         with own_metrics_folder() as folder:
             loaded = startup.load(replace(config, fail_fast=partial(_fail_now, folder)))
+            # Imported after the load, whose checks come before the scoring stack's imports.
+            from churnlens.serving import workspace_scores
+
             workspace_scores.check_env(loaded.model, loaded.prepared)  # --scores, at once
             sock = bind(host, port)
             try:

@@ -102,8 +102,7 @@ def load(config: ServeConfig) -> Loaded:
     clock = _Clock()
     # First, alone: a broken snapshot is reported in about a second, with no child started.
     table = clock("snapshot file", check_snapshot_file, config.snapshot)
-    fetch = ModelFetch(config.model_uri, config.cache_dir, config.registry_timeout_s,
-                       in_child=config.fetch_in_child, on_error=config.fail_fast)
+    fetch = clock("registry", _start_fetch, config, table.column_names)
     try:
         prepare = clock("imports", _import_scoring)
         frame = clock("to pandas", table.to_pandas)
@@ -129,6 +128,47 @@ class _Clock:
             return fn(*args)
         finally:
             self.seconds[step] = time.perf_counter() - t0
+
+
+def _start_fetch(config: ServeConfig, columns: list[str]) -> ModelFetch:
+    """The model's fetch, begun. A version in a local SQLite store is resolved here in
+    milliseconds (`churnlens.serving.registry`): a missing one fails at once, and a cached
+    one, or one whose artifacts are a local folder, needs no child (and no MLflow) at all.
+    The snapshot's COLUMNS are checked against
+    the model's features as soon as those are known (the cache's list, or the signature the
+    child reads before downloading the bundle)."""
+    from churnlens.serving import registry
+
+    store = os.environ.get("MLFLOW_TRACKING_URI", "")
+    try:
+        resolved = registry.resolve_local(config.model_uri, store)
+    except registry.NotRegistered as exc:
+        raise StartupError(model_files.not_found(config.model_uri, store, str(exc))) from None
+    hit = resolved and (model_files.cached(config.cache_dir, resolved.name, resolved.version,
+                                           resolved.run_id) or model_files.in_place(resolved))
+    if hit:
+        problem = hit.features and missing_features(columns, hit.features, config.snapshot)
+        if problem:
+            raise StartupError(problem)
+        return ModelFetch.ready(hit)
+    return ModelFetch(config.model_uri, config.cache_dir, config.registry_timeout_s,
+                      in_child=config.fetch_in_child, on_error=config.fail_fast,
+                      resolved=resolved,
+                      check_features=lambda names: missing_features(columns, names,
+                                                                    config.snapshot))
+
+
+def missing_features(columns: list[str], features, path: str | None) -> str | None:
+    """The start-up message when the snapshot's COLUMNS lack some of the model's FEATURES."""
+    missing = [name for name in features if name not in set(columns)]
+    if not missing:
+        return None
+    return misfit(path, f"missing feature column(s): {', '.join(missing)}")
+
+
+def misfit(path: str | None, detail: str) -> str:
+    return (f"feature snapshot {path} does not fit the model: {detail}; write it again with "
+            "the features of this model (`churnlens features --as-of DATE`)")
 
 
 def _import_scoring():
@@ -159,11 +199,11 @@ def _load_model(fetch: ModelFetch, config: ServeConfig):
             try:
                 fetched = again.result()
                 model = _unpickle(fetched.bundle, config.model_uri)
-                model_files.commit(fetched, config.cache_dir)
+                model_files.commit(fetched, config.cache_dir, model.feature_names)
             finally:
                 again.close()
         else:
-            model_files.commit(fetched, config.cache_dir)
+            model_files.commit(fetched, config.cache_dir, model.feature_names)
     except FetchError as exc:
         raise StartupError(str(exc)) from None
     if fetched.version is None:
@@ -201,7 +241,9 @@ def check_snapshot_file(path: str | None):
                            "`churnlens features --as-of DATE`")
     try:
         # One thread: Arrow's thread pool would not survive the fork of the model's fetch.
-        table = pq.read_table(path, use_threads=False)
+        # ParquetFile, not read_table: that imports pyarrow.dataset, and with it pandas
+        # (about 2 s), before the failure it may only have to report.
+        table = pq.ParquetFile(path).read(use_threads=False)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise StartupError(f"feature snapshot {path} is not a readable parquet file "
                            f"({str(exc).splitlines()[0][:160]}); write it again with "
@@ -223,9 +265,10 @@ def check_snapshot_file(path: str | None):
     if ids.null_count:
         raise StartupError(f"feature snapshot {path}: {ids.null_count} rows have no "
                            "customer_id; it needs one row per customer")
-    counts = pc.value_counts(ids)
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(repeated):
+    # Counted first: comparing with a Python number makes pyarrow import pandas (2 s).
+    if pc.count_distinct(ids).as_py() < len(ids):
+        counts = pc.value_counts(ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
         extra = pc.sum(repeated.field("counts")).as_py() - len(repeated)
         examples = repeated.field("values").to_pylist()[:3]
         raise StartupError(f"feature snapshot {path} holds {extra} duplicate customer ids, "
@@ -240,6 +283,4 @@ def fit_snapshot(frame, model, path: str | None):
     try:
         return check_features(model, frame).reset_index(drop=True)
     except FeatureInputError as exc:
-        raise StartupError(f"feature snapshot {path} does not fit the model: {exc}; write it "
-                           "again with the features of this model (`churnlens features "
-                           "--as-of DATE`)") from None
+        raise StartupError(misfit(path, str(exc))) from None
