@@ -2,15 +2,15 @@
 
 Each check is one SQL count over a table (no Python loop over rows) and raises `DataError`
 naming the table, the column, how many rows, a few of their values and customer ids, and
-how to fix them. Column names reach SQL quoted (`quote_ident`), values as parameters.
+how to fix them. Column names reach SQL quoted (`quote_ident`), values as literals. The
+SQL runs on a `churnlens.features.sql_runner.SqlRunner`: DuckDB or Spark, one text for both.
 """
 
 from __future__ import annotations
 
-import duckdb
-
 from churnlens.features.contract import TABLES, VALUE_RULES, TableSpec
 from churnlens.features.reading import DataError, quote_ident
+from churnlens.features.sql_runner import SqlRunner
 
 SQL_TYPES = {"str": "VARCHAR", "timestamp": "TIMESTAMP", "float": "DOUBLE"}
 # Timestamps pandas and the models can hold, and that are plausible for customer records:
@@ -21,21 +21,26 @@ EARLIEST, LATEST = "1970-01-01", "2262-04-11"
 NOT_NUMERIC_SHARE = 0.01
 
 
-def examples(con: duckdb.DuckDBPyConnection, table: str, condition: str,
-             n: int = 3) -> tuple[int, str]:
+def examples(runner: SqlRunner, table: str, condition: str, n: int = 3) -> tuple[int, str]:
     """How many rows of TABLE meet CONDITION (SQL), and a few of their customer ids."""
-    count, ids = con.execute(f"""
-        SELECT count(*), list(DISTINCT CAST(customer_id AS VARCHAR) ORDER BY
-                              CAST(customer_id AS VARCHAR))
-                         FILTER (WHERE trim(CAST(customer_id AS VARCHAR)) <> '')
-        FROM {table} WHERE {condition}""").fetchall()[0]
-    return count, ", ".join(repr(i) for i in (ids or [])[:n])
+    count = runner.counts(table, [condition])[0]
+    return count, example_ids(runner, table, condition, n) if count else ""
 
 
-def values_of(con, table: str, column: str, condition: str, n: int = 3) -> str:
+def example_ids(runner: SqlRunner, table: str, condition: str, n: int = 3) -> str:
+    """A few customer ids (quoted, the first in text order) of the rows of TABLE meeting
+    CONDITION; blank ids are left out."""
+    found = runner.rows(f"""
+        SELECT DISTINCT CAST(customer_id AS VARCHAR) AS id FROM {table}
+        WHERE ({condition}) AND trim(CAST(customer_id AS VARCHAR)) <> ''
+        ORDER BY id LIMIT {int(n)}""")
+    return ", ".join(repr(row[0]) for row in found)
+
+
+def values_of(runner: SqlRunner, table: str, column: str, condition: str, n: int = 3) -> str:
     """A few distinct values (as text) of COLUMN in the rows of TABLE meeting CONDITION."""
-    found = con.execute(f"SELECT DISTINCT CAST({quote_ident(column)} AS VARCHAR) AS v FROM "
-                        f"{table} WHERE {condition} ORDER BY v LIMIT {int(n)}").fetchall()
+    found = runner.rows(f"SELECT DISTINCT CAST({quote_ident(column)} AS VARCHAR) AS v FROM "
+                        f"{table} WHERE {condition} ORDER BY v LIMIT {int(n)}")
     return ", ".join(repr(row[0]) for row in found)
 
 
@@ -53,26 +58,28 @@ def cast_expr(column: str, kind: str, raw_type: str | None = None) -> str:
     return f"TRY_CAST({ident} AS {SQL_TYPES[kind]})"
 
 
-def check_types(con, spec: TableSpec, cols: dict[str, str]) -> None:
+def check_types(runner: SqlRunner, spec: TableSpec, cols: dict[str, str]) -> int:
     """Every present contract column of raw_SPEC parses as its kind, is finite (numbers) or
     between 1970 and 2262 (timestamps), and is not empty where required. COLS: the raw
-    columns and their DuckDB types.
+    columns and their DuckDB types. Returns the table's row count.
 
-    Each rule is its own count: DuckDB skips the row groups whose statistics rule a
-    condition out, which one scan counting every rule at once would forgo.
+    The first rule (in column order) that rows break raises DataError; the counts are
+    the runner's (one per rule on DuckDB, one scan for all on Spark).
     """
     table = f"raw_{spec.name}"
     rules = [rule for col in spec.columns if col.name in cols
              for rule in _type_rules(col, cols[col.name])]
-    for column, condition, what, fix in rules:
-        count, ids = examples(con, table, condition)
+    *broken, total = runner.counts(table, [condition for _, condition, _, _ in rules] + ["TRUE"])
+    for (column, condition, what, fix), count in zip(rules, broken, strict=True):
         if not count:
             continue
+        ids = example_ids(runner, table, condition)
         if what == "are empty":
             raise DataError(f"table {spec.name}, column {column}: {count:,} row(s) are empty "
                             f"(customers {ids or 'with no id'}); {fix}")
         raise DataError(f"table {spec.name}, column {column}: {count:,} row(s) {what} (values "
-                        f"{values_of(con, table, column, condition)}; customers {ids}); {fix}")
+                        f"{values_of(runner, table, column, condition)}; customers {ids}); {fix}")
+    return total
 
 
 def _type_rules(col, raw_type: str) -> list[tuple[str, str, str, str]]:
@@ -102,7 +109,7 @@ def _type_rules(col, raw_type: str) -> list[tuple[str, str, str, str]]:
     return rules
 
 
-def attribute_kinds(con, spec: TableSpec, cols, report) -> dict[str, str]:
+def attribute_kinds(runner: SqlRunner, spec: TableSpec, cols, report) -> dict[str, str]:
     """Static attributes of customers: numeric when (nearly) every value is a finite number.
 
     A column whose values are numbers except at most NOT_NUMERIC_SHARE of them is numeric:
@@ -115,29 +122,33 @@ def attribute_kinds(con, spec: TableSpec, cols, report) -> dict[str, str]:
     if quoted:  # an attribute's name becomes a feature column's name in every feature query
         raise DataError(f"table customers: column name(s) {', '.join(map(repr, quoted))} hold "
                         'a double quote ("); rename them (letters, digits, _ and spaces)')
-    numeric = ", ".join(
-        f"count({quote_ident(c)}), count(*) FILTER (WHERE {quote_ident(c)} IS NOT NULL AND "
-        f"NOT coalesce(isfinite(TRY_CAST({quote_ident(c)} AS DOUBLE)), false))" for c in extra)
-    counts = con.execute(f"SELECT {numeric} FROM raw_customers").fetchall()[0]
+    not_numeric = {c: (f"{quote_ident(c)} IS NOT NULL AND NOT coalesce(isfinite("
+                       f"TRY_CAST({quote_ident(c)} AS DOUBLE)), false)") for c in extra}
+    counts = runner.counts("raw_customers", [f"{quote_ident(c)} IS NOT NULL" for c in extra]
+                           + list(not_numeric.values()))
     kinds = {}
-    for i, col in enumerate(extra):
-        present, not_numeric = counts[2 * i], counts[2 * i + 1]
-        few = 0 < not_numeric <= NOT_NUMERIC_SHARE * present
-        kinds[col] = "float" if not not_numeric or few else "str"
+    for col, present, bad in zip(extra, counts[:len(extra)], counts[len(extra):], strict=True):
+        few = 0 < bad <= NOT_NUMERIC_SHARE * present
+        kinds[col] = "float" if not bad or few else "str"
         if few:
-            bad = (f"{quote_ident(col)} IS NOT NULL AND NOT coalesce(isfinite("
-                   f"TRY_CAST({quote_ident(col)} AS DOUBLE)), false)")
             report.check("customers", (
-                f"attribute {col!r}: numbers except {not_numeric:,} of {present:,} values "
-                f"({values_of(con, 'raw_customers', col, bad)}): read as a number, those "
-                "values as empty; fix them in the source to keep them"))
+                f"attribute {col!r}: numbers except {bad:,} of {present:,} values "
+                f"({values_of(runner, 'raw_customers', col, not_numeric[col])}): read as a "
+                "number, those values as empty; fix them in the source to keep them"))
     return kinds
 
 
-def check_keys(con) -> None:
+def unknown_customer(table: str) -> str:
+    """SQL true for a row of TABLE whose customer_id is not in customers (an anti join;
+    NOT IN would make Spark compare every pair of rows)."""
+    return (f"NOT EXISTS (SELECT 1 FROM customers AS known "
+            f"WHERE known.customer_id = {table}.customer_id)")
+
+
+def check_keys(runner: SqlRunner) -> None:
     """Customer ids are unique, and every other table's rows belong to a known customer."""
     count, ids = examples(
-        con, "customers",
+        runner, "customers",
         "customer_id IN (SELECT customer_id FROM customers GROUP BY 1 HAVING count(*) > 1)")
     if count:
         raise DataError(f"table customers, column customer_id: {count:,} rows share a "
@@ -145,22 +156,21 @@ def check_keys(con) -> None:
     for name in TABLES:
         if name == "customers":
             continue
-        unknown = "customer_id NOT IN (SELECT customer_id FROM customers)"
-        count, ids = examples(con, name, unknown)
+        count, ids = examples(runner, name, unknown_customer(name))
         if count:
             raise DataError(
                 f"table {name}, column customer_id: {count:,} row(s) for customers not in "
-                f"the customers table (e.g. {ids}){_spaces_hint(con, name, unknown)}; add those "
+                f"the customers table (e.g. {ids}){_spaces_hint(runner, name)}; add those "
                 "customers or remove the rows")
 
 
-def _spaces_hint(con, name: str, unknown: str) -> str:
+def _spaces_hint(runner: SqlRunner, name: str) -> str:
     """Why ids fail to match when spaces or case are the cause (they are invisible in a list)."""
-    near, given, known = con.execute(f"""
-        SELECT count(*), min(record.customer_id), arg_min(customer.customer_id, record.customer_id)
-        FROM (SELECT customer_id FROM {name} WHERE {unknown}) AS record
+    near, given, known = runner.rows(f"""
+        SELECT count(*), min(record.customer_id), min_by(customer.customer_id, record.customer_id)
+        FROM (SELECT customer_id FROM {name} WHERE {unknown_customer(name)}) AS record
         JOIN customers AS customer
-          ON lower(trim(record.customer_id)) = lower(trim(customer.customer_id))""").fetchall()[0]
+          ON lower(trim(record.customer_id)) = lower(trim(customer.customer_id))""")[0]
     if not near:
         return ""
     return (f"; {near:,} of them match a customer once surrounding spaces and case are "
@@ -168,10 +178,16 @@ def _spaces_hint(con, name: str, unknown: str) -> str:
             "identical in both tables")
 
 
-def check_values(con) -> None:
-    """The contract's value rules (contract.VALUE_RULES) on the typed tables."""
+def check_values(runner: SqlRunner) -> None:
+    """The contract's value rules (contract.VALUE_RULES) on the typed tables; the first
+    rule (in their order) that rows break raises DataError."""
+    conditions: dict[str, list[str]] = {}
+    for table, _column, condition, _rule in VALUE_RULES:
+        conditions.setdefault(table, []).append(condition)
+    counts = {table: dict(zip(found, runner.counts(table, found), strict=True))
+              for table, found in conditions.items()}
     for table, column, condition, rule in VALUE_RULES:
-        count, ids = examples(con, table, condition)
+        count = counts[table][condition]
         if count:
             raise DataError(f"table {table}, column {column}: {count:,} row(s) break the rule: "
-                            f"{rule} (customers {ids})")
+                            f"{rule} (customers {example_ids(runner, table, condition)})")

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from churnlens.features.checks import examples, values_of
+from churnlens.features.checks import examples, unknown_customer, values_of
 from churnlens.features.contract import TABLES
 from churnlens.features.reading import DataError
 from churnlens.features.relations import timestamp_literal
 from churnlens.features.report import LoadReport
+from churnlens.features.sql_runner import SqlRunner
 
 MATERIAL_SHARE = 0.05
 
@@ -37,43 +38,39 @@ def load_time() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC").tz_localize(None)
 
 
-def set_aside(con, report: LoadReport, table: str, condition: str, reason: str,
+def set_aside(runner: SqlRunner, report: LoadReport, table: str, condition: str, reason: str,
               column: str | None = None) -> int:
     """Remove the rows of TABLE meeting CONDITION (SQL), count them under REASON with a few
     examples (customer ids, and values of COLUMN when given); returns how many."""
-    count, ids = examples(con, table, condition)
+    count, ids = examples(runner, table, condition)
     if not count:
         return 0
-    shown = f"values {values_of(con, table, column, condition)}; " if column else ""
+    shown = f"values {values_of(runner, table, column, condition)}; " if column else ""
     report.set_aside_rows(table, f"{reason} (e.g. {shown}customers {ids})", count)
-    if table == "events":  # a view over the source: filter it rather than copy it
-        kept = f"events_kept_{len(report.set_aside['events'])}"
-        con.execute(f"ALTER VIEW events RENAME TO {kept}")
-        con.execute(f"CREATE VIEW events AS SELECT * FROM {kept} WHERE NOT ({condition})")
-    else:
-        con.execute(f"DELETE FROM {table} WHERE {condition}")
+    runner.delete(table, condition)
     return count
 
 
-def profile(con, tables: list[str]) -> dict[str, pd.Timestamp]:
-    """Count the records of TABLES per day into the temporary table load_daily (one scan of
+def profile(runner: SqlRunner, tables: list[str]) -> dict[str, pd.Timestamp]:
+    """Count the records of TABLES per day into the helper table load_daily (one scan of
     each table) and return each non-empty table's latest record time."""
     daily = " UNION ALL ".join(
         f"SELECT '{name}' AS source_table, CAST({TABLES[name].time_column} AS DATE) AS day, "
-        f"count(*) AS n, max({TABLES[name].time_column}) AS last_at FROM {name} GROUP BY day"
+        f"count(*) AS n, max({TABLES[name].time_column}) AS last_at FROM {name} "
+        f"GROUP BY CAST({TABLES[name].time_column} AS DATE)"
         for name in tables)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE load_daily AS {daily}")
-    return {name: pd.Timestamp(last) for name, last in con.execute(
-        "SELECT source_table, max(last_at) FROM load_daily GROUP BY source_table").fetchall()}
+    runner.define("load_daily", daily)
+    return {name: pd.Timestamp(last) for name, last in runner.rows(
+        "SELECT source_table, max(last_at) FROM load_daily GROUP BY source_table")}
 
 
-def set_aside_future(con, report: LoadReport, latest: dict[str, pd.Timestamp],
+def set_aside_future(runner: SqlRunner, report: LoadReport, latest: dict[str, pd.Timestamp],
                      now: pd.Timestamp) -> None:
     """Set aside the records dated after NOW (the load time) of the tables in LATEST."""
     for name, last in latest.items():
         if last > now:
             column = TABLES[name].time_column
-            set_aside(con, report, name, f"{column} > {timestamp_literal(now)}",
+            set_aside(runner, report, name, f"{column} > {timestamp_literal(now)}",
                       f"{column} after the load time {now:%Y-%m-%d %H:%M} UTC: not happened "
                       "yet", column)
 
@@ -90,16 +87,19 @@ def parse_until(explicit) -> pd.Timestamp:
     return until.tz_localize(None).normalize()
 
 
-def inferred_end(con, now: pd.Timestamp) -> tuple[pd.Timestamp, str]:
+def inferred_end(runner: SqlRunner, now: pd.Timestamp) -> tuple[pd.Timestamp, str]:
     """The end of the data when none is given (module docstring), and why, from load_daily
     (`profile`) up to the day of NOW."""
-    found = con.execute("""
-        WITH daily AS (SELECT * FROM load_daily WHERE day <= CAST(? AS DATE)),
+    found = runner.rows(f"""
+        WITH daily AS (SELECT * FROM load_daily
+                       WHERE day <= CAST({timestamp_literal(now)} AS DATE)),
         typical AS (SELECT source_table, median(n) AS typical FROM daily GROUP BY source_table)
-        SELECT daily.source_table, max(day) FILTER (WHERE n >= greatest(1, ceil(? * typical))),
-               any_value(typical)
-        FROM daily JOIN typical USING (source_table)
-        GROUP BY daily.source_table ORDER BY 2 DESC, 3 DESC, 1""", [now, MATERIAL_SHARE]).fetchall()
+        SELECT daily.source_table,
+               max(day) FILTER (WHERE n >= greatest(1, ceil({MATERIAL_SHARE!r}
+                                                             * typical.typical))),
+               any_value(typical.typical)
+        FROM daily JOIN typical ON daily.source_table = typical.source_table
+        GROUP BY daily.source_table ORDER BY 2 DESC, 3 DESC, 1""")
     if not found:
         raise DataError("the source holds no record dated before the load time; check that the "
                         "tables have rows and their dates")
@@ -110,7 +110,7 @@ def inferred_end(con, now: pd.Timestamp) -> tuple[pd.Timestamp, str]:
                  f"{table}; data.observed_until sets it")
 
 
-def set_aside_after(con, report: LoadReport, latest: dict[str, pd.Timestamp],
+def set_aside_after(runner: SqlRunner, report: LoadReport, latest: dict[str, pd.Timestamp],
                     until: pd.Timestamp, given: bool) -> None:
     """Set aside the records at or after UNTIL of the tables in LATEST, then the rows of the
     customers set aside."""
@@ -119,42 +119,41 @@ def set_aside_after(con, report: LoadReport, latest: dict[str, pd.Timestamp],
     for name, last in latest.items():
         if last >= until:
             column = TABLES[name].time_column
-            set_aside(con, report, name, f"{column} >= {timestamp_literal(until)}",
+            set_aside(runner, report, name, f"{column} >= {timestamp_literal(until)}",
                       f"{column} {why} {until.date()}", column)
     if "customers" in report.set_aside:
         for name in latest:
             if name != "customers":
-                set_aside(con, report, name,
-                          "customer_id NOT IN (SELECT customer_id FROM customers)",
+                set_aside(runner, report, name, unknown_customer(name),
                           "of a customer set aside above (signed up after the end of the data)")
 
 
-def last_dates(con, report: LoadReport, latest: dict[str, pd.Timestamp]) -> dict[str, str]:
+def last_dates(runner: SqlRunner, report: LoadReport, latest: dict[str, pd.Timestamp]) -> dict[str, str]:
     """Each table's latest record day (YYYY-MM-DD) after the set-asides (LATEST: before them,
     from `profile`; only a table with rows set aside is read again)."""
     out = {}
     for name, last in latest.items():
         if name in report.set_aside:
-            last = con.execute(f"SELECT max({TABLES[name].time_column}) FROM {name}"
-                               ).fetchall()[0][0]
+            last = runner.rows(f"SELECT max({TABLES[name].time_column}) FROM {name}")[0][0]
         if last is not None:
             out[name] = f"{pd.Timestamp(last):%Y-%m-%d}"
-    con.execute("DROP TABLE IF EXISTS load_daily")
+    runner.drop("load_daily")
     return out
 
 
 def check_as_of(ds, as_of, option: str = "--as-of") -> pd.Timestamp:
-    """AS_OF (YYYY-MM-DD) as a midnight inside the data DS (a loaded `DataSet`), else DataError.
+    """AS_OF (YYYY-MM-DD) as a midnight inside the data DS (a loaded `DataSet` or
+    `SparkDataSet`), else DataError.
 
     A snapshot date must lie after the first signup (no one is a customer before it) and
     at most at the end of the observed data; the message names that range and OPTION.
     """
     day = pd.Timestamp(as_of)
     day = (day.tz_convert("UTC").tz_localize(None) if day.tz else day).normalize()
-    first = ds.con.execute("SELECT min(signed_up_at) FROM customers").fetchall()[0][0]
+    first = ds.first_signup()
     if first is None:
         raise DataError("the data source holds no customer")
-    first, end = pd.Timestamp(first), ds.observed_until
+    end = ds.observed_until
     if day <= first or day > end:
         raise DataError(f"{option} {as_of} is outside the data, which run from the first "
                         f"signup on {first:%Y-%m-%d} to {end:%Y-%m-%d}: pick a date after "

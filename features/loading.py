@@ -31,8 +31,10 @@ from churnlens.features.checks import (
 from churnlens.features.contract import ACTIVITY_TABLES, TABLES, TableSpec
 from churnlens.features.known import sql_string
 from churnlens.features.reading import DataError, quote_ident, register_raw, unreadable
+from churnlens.features.relations import timestamp_literal
 from churnlens.features.report import LoadReport
-from churnlens.features.shapes import recognise_shape
+from churnlens.features.shapes import Shape, recognise_shape
+from churnlens.features.sql_runner import DuckRunner, SqlRunner
 from churnlens.settings import ChurnSettings, Settings
 
 __all__ = ["DataError", "DataSet", "LoadReport", "connect", "fingerprint", "load_source"]
@@ -54,6 +56,11 @@ class DataSet:
     shape: str = "subscriptions"
     churn_observable_from: pd.Timestamp | None = None
 
+    def first_signup(self) -> pd.Timestamp | None:
+        """The earliest signed_up_at of the customers (None: no customer)."""
+        first = self.con.execute("SELECT min(signed_up_at) FROM customers").fetchall()[0][0]
+        return None if first is None else pd.Timestamp(first)
+
 
 def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in UTC, so timestamp casts never shift by a local offset."""
@@ -70,11 +77,9 @@ def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _check_columns(con, spec: TableSpec, report: LoadReport) -> dict[str, str]:
+def _check_columns(runner: SqlRunner, spec: TableSpec, report: LoadReport) -> dict[str, str]:
     """The raw columns of SPEC's table and their DuckDB types; DataError when one is missing."""
-    # Not DESCRIBE: on a view it shows a column's source spelling, not a case-only rename.
-    cols = {name: str(kind) for name, kind, *_ in con.execute(
-        f"SELECT * FROM raw_{spec.name} LIMIT 0").description}
+    cols = runner.columns(f"raw_{spec.name}")
     missing = [c for c in spec.required if c not in cols]
     if missing:
         raise DataError(
@@ -105,48 +110,45 @@ def _clean_select(spec: TableSpec, cols: dict[str, str], attributes: dict[str, s
     return ", ".join(parts)
 
 
-def _empty_table(con, spec: TableSpec) -> None:
-    cols = ", ".join(f"{quote_ident(c.name)} {SQL_TYPES[c.kind]}" for c in spec.columns)
-    con.execute(f"CREATE TABLE {spec.name} ({cols})")
+def _empty_table(runner: SqlRunner, spec: TableSpec) -> None:
+    cols = ", ".join(f"CAST(NULL AS {SQL_TYPES[c.kind]}) AS {quote_ident(c.name)}"
+                     for c in spec.columns)
+    runner.define(spec.name, f"SELECT {cols} LIMIT 0")
 
 
-def _load_table(con, spec: TableSpec, report: LoadReport) -> dict[str, str]:
-    """Check raw_NAME and create the typed table NAME; returns its static attributes."""
-    cols = _check_columns(con, spec, report)
-    check_types(con, spec, cols)
-    attrs = attribute_kinds(con, spec, cols, report) if spec.keep_extra else {}
+def _load_table(runner: SqlRunner, spec: TableSpec, report: LoadReport) -> dict[str, str]:
+    """Check raw_NAME and define the typed table NAME; returns its static attributes."""
+    cols = _check_columns(runner, spec, report)
+    report.rows_read[spec.name] = check_types(runner, spec, cols)
+    attrs = attribute_kinds(runner, spec, cols, report) if spec.keep_extra else {}
     # The largest table stays a view over the source, so it is streamed, not held.
-    kind, target = ("VIEW", "events_all") if spec.name == "events" else ("TABLE", spec.name)
-    con.execute(f"CREATE {kind} {target} AS SELECT {_clean_select(spec, cols, attrs)} "
-                f"FROM raw_{spec.name}")
-    if spec.name == "events":
-        con.execute("CREATE VIEW events AS SELECT * FROM events_all")
-    report.rows_read[spec.name] = con.execute(
-        f"SELECT count(*) FROM {spec.name}").fetchall()[0][0]
+    runner.define(spec.name, f"SELECT {_clean_select(spec, cols, attrs)} FROM raw_{spec.name}",
+                  view=spec.name == "events")
     return attrs
 
 
-def _load_tables(con, found: dict[str, str], report: LoadReport) -> dict[str, str]:
-    """Every contract table typed on CON (empty when absent); returns the attributes."""
+def _load_tables(runner: SqlRunner, found: dict[str, str],
+                 report: LoadReport) -> dict[str, str]:
+    """Every contract table typed on RUNNER (empty when absent); returns the attributes."""
     attributes: dict[str, str] = {}
     for name, spec in TABLES.items():
         if name not in found:
-            _empty_table(con, spec)
+            _empty_table(runner, spec)
             report.missing_tables.append(name)
             continue
         try:
-            attributes.update(_load_table(con, spec, report))
-        except duckdb.Error as exc:  # a file that opened but whose data do not read
-            raise unreadable(found[name], exc) from None
+            attributes.update(_load_table(runner, spec, report))
+        except runner.errors as exc:  # a file that opened but whose data do not read
+            raise unreadable(found[name], exc, runner.engine) from None
     if not report.rows_read["customers"]:
         raise DataError(f"table customers ({found['customers']}) has no rows: churnlens needs "
                         "one row per customer; export the customers again")
     return attributes
 
 
-def _missing_tables_message(found: dict[str, str], source) -> str | None:
-    kind = ("frames" if isinstance(source, dict) else "database tables"
-            if Path(source).is_file() else "files")
+def missing_tables_message(found: dict[str, str], kind: str) -> str | None:
+    """Why the contract tables FOUND are not enough (None: they are); KIND: where they were
+    looked for: "files", "frames" or "database tables"."""
     where = "customers.parquet or customers.csv" if kind == "files" else "a table customers"
     seen = ", ".join(found) or "none"
     if "customers" not in found:
@@ -188,48 +190,77 @@ def load_source(source, observed_until: str | pd.Timestamp | None = None, *,
     con = connect()
     report = LoadReport(source=str(source) if not isinstance(source, dict) else "in-memory frames")
     found = register_raw(con, source, report)
-    problem = _missing_tables_message(found, source)
+    kind = ("frames" if isinstance(source, dict) else "database tables"
+            if Path(source).is_file() else "files")
+    checked = validate(DuckRunner(con), found, kind, report, observed_until,
+                       horizon_days=horizon_days, activity=activity, value_event=value_event,
+                       now=now)
+    return DataSet(con=con, observed_until=checked.observed_until,
+                   attributes=checked.attributes, report=report, shape=checked.shape.name,
+                   churn_observable_from=checked.shape.churn_observable_from)
+
+
+@dataclass(frozen=True)
+class Validated:
+    """What `validate` found: the end of the data, the static attributes, the shape."""
+
+    observed_until: pd.Timestamp
+    attributes: dict[str, str]
+    shape: Shape
+
+
+def validate(runner: SqlRunner, found: dict[str, str], kind: str, report: LoadReport,
+             observed_until: str | pd.Timestamp | None = None, *, horizon_days: int,
+             activity: str, value_event: str | None = None,
+             now: pd.Timestamp | None = None) -> Validated:
+    """Type, check and repair the raw tables raw_NAME of FOUND on RUNNER into the contract
+    tables NAME, and fill REPORT: the one sequence of rules both engines run.
+
+    FOUND: {table: where it was read}; KIND: what the source holds ("files", "frames",
+    "database tables"), for the message on missing tables. The other arguments are
+    `load_source`'s. Raises DataError as `load_source` documents.
+    """
+    problem = missing_tables_message(found, kind)
     if problem:
         raise DataError(problem)
-    attributes = _load_tables(con, found, report)
-    check_keys(con)
-    check_values(con)
-    suspicious.repair_signups(con, report)
+    attributes = _load_tables(runner, found, report)
+    check_keys(runner)
+    check_values(runner)
+    suspicious.repair_signups(runner, report)
     now = extent.load_time() if now is None else now
-    latest = extent.profile(con, [t for t in TABLES if t in found])
-    extent.set_aside_future(con, report, latest, now)
+    latest = extent.profile(runner, [t for t in TABLES if t in found])
+    extent.set_aside_future(runner, report, latest, now)
     if observed_until is not None:
         until = extent.parse_until(observed_until)
         report.end_reason = "data.observed_until"
     else:
-        until, report.end_reason = extent.inferred_end(con, now)
+        until, report.end_reason = extent.inferred_end(runner, now)
     report.observed_until = str(until.date())
-    extent.set_aside_after(con, report, latest, until, given=observed_until is not None)
+    extent.set_aside_after(runner, report, latest, until, given=observed_until is not None)
     if "payments" in found:
-        suspicious.drop_duplicate_payments(con, report)
+        suspicious.drop_duplicate_payments(runner, report)
     for name in found:
         report.rows_kept[name] = report.rows_read[name] - sum(
             report.set_aside.get(name, {}).values())
-    _known_by_the_end(con, report, until)
-    suspicious.report_overlaps(con, report)
-    suspicious.check_value_event(con, report, value_event)
-    report.last_dates = extent.last_dates(con, report, latest)
-    shape = recognise_shape(con, until, horizon_days=horizon_days, activity=activity)
+    _known_by_the_end(runner, report, until)
+    suspicious.report_overlaps(runner, report)
+    suspicious.check_value_event(runner, report, value_event)
+    report.last_dates = extent.last_dates(runner, report, latest)
+    shape = recognise_shape(runner, until, horizon_days=horizon_days, activity=activity)
     report.shape = shape.lines()
-    return DataSet(con=con, observed_until=until, attributes=attributes, report=report,
-                   shape=shape.name, churn_observable_from=shape.churn_observable_from)
+    return Validated(observed_until=until, attributes=attributes, shape=shape)
 
 
-def _known_by_the_end(con, report: LoadReport, until: pd.Timestamp) -> None:
+def _known_by_the_end(runner: SqlRunner, report: LoadReport, until: pd.Timestamp) -> None:
     """An end or close that lies after the observed data was not yet known: treat it as open."""
-    late_ends = con.execute("UPDATE subscriptions SET ended_at = NULL WHERE ended_at >= ?",
-                            [until]).fetchall()[0][0]
+    at_or_after = f">= {timestamp_literal(until)}"
+    late_ends = runner.update("subscriptions", {"ended_at": "NULL"}, f"ended_at {at_or_after}")
     if late_ends:
         report.notes.append(
             f"subscriptions: {late_ends:,} end(s) at or after observed_until {until.date()} "
             "treated as not yet known (open); if the data were exported later, set "
             "data.observed_until to the export date")
-    con.execute("UPDATE tickets SET closed_at = NULL, csat = NULL WHERE closed_at >= ?", [until])
+    runner.update("tickets", {"closed_at": "NULL", "csat": "NULL"}, f"closed_at {at_or_after}")
 
 
 def fingerprint(ds: DataSet) -> dict[str, str]:

@@ -13,7 +13,8 @@ SQL as quoted literals or identifiers (`sql_string`, `quote_ident`), never as SQ
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import duckdb
 
@@ -95,39 +96,78 @@ def register_raw(con: duckdb.DuckDBPyConnection, source, report: LoadReport) -> 
     return found
 
 
-def _register_folder(con, folder: Path, report: LoadReport) -> dict[str, str]:
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    files = [p for p in entries if p.is_file() and p.suffix.lower() in FILE_KINDS]
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a source folder: its name, whether it is a folder, its size in bytes."""
+
+    name: str
+    is_dir: bool = False
+    size: int = 0
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.name).stem
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix
+
+
+def choose_files(entries: list[Entry], folder: str, report: LoadReport, *,
+                 datasets: bool = False) -> dict[str, Entry]:
+    """The entry of ENTRIES (a folder's) read for each contract table found, by name.
+
+    The exact name first, parquet before csv; a near miss (case, spaces) only when no exact
+    one. DATASETS: a folder NAME/ (parquet) or NAME.parquet/ / NAME.csv/ (part files, as
+    Spark writes them) is read like a file; otherwise folders are not read. Fills
+    REPORT.renamed and REPORT.unread; DataError when two entries name one table equally.
+    """
+    entries = sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+    files = [e for e in entries if e.suffix.lower() in FILE_KINDS and (datasets or not e.is_dir)]
+    files += [e for e in entries if datasets and e.is_dir and not e.suffix]
     found, used = {}, set()
     for name in TABLES:
-        candidates = [p for p in files if normalised(p.stem) == name]
+        candidates = [e for e in files if normalised(e.stem) == name]
         if not candidates:
             continue
-        # The exact name first, parquet before csv; a near miss only when no exact one.
-        exact = [p for p in candidates if p.stem == name and p.suffix == p.suffix.lower()]
+        exact = [e for e in candidates if e.stem == name and e.suffix == e.suffix.lower()]
         pool = exact or candidates
-        best_kind = min(FILE_KINDS.index(p.suffix.lower()) for p in pool)
-        best = [p for p in pool if FILE_KINDS.index(p.suffix.lower()) == best_kind]
+        best_kind = min(_kind_rank(e) for e in pool)
+        best = [e for e in pool if _kind_rank(e) == best_kind]
         if len(best) > 1:
-            raise DataError(f"files {', '.join(p.name for p in best)} in {folder} all name "
+            raise DataError(f"files {', '.join(e.name for e in best)} in {folder} all name "
                             f"table {name} (they differ only in case or spaces); keep one")
         chosen = best[0]
-        _read_file(con, name, chosen)
-        used.add(chosen)
-        found[name] = str(chosen)
+        found[name] = chosen
         if chosen not in exact:
             report.renamed.setdefault(name, []).append(
                 f"read from {chosen.name} (its name differs from {name} only in case or "
                 "spaces)")
-        report.unread += [f"{p.name} ({name} was read from {chosen.name})"
-                          for p in candidates if p != chosen]
+        report.unread += [f"{e.name} ({name} was read from {chosen.name})"
+                          for e in candidates if e != chosen]
         used.update(candidates)
     for entry in entries:
         if entry in used:
             continue
-        why = ("a folder" if entry.is_dir() else "not a contract table" if entry in files
+        why = ("a folder" if entry.is_dir and entry not in files
+               else "not a contract table" if entry in files
                else "not a .parquet or .csv file")
         report.unread.append(f"{entry.name} ({why})")
+    return found
+
+
+def _kind_rank(entry: Entry) -> int:
+    """Parquet before csv; a dataset folder without a suffix holds parquet."""
+    return FILE_KINDS.index(entry.suffix.lower() or ".parquet")
+
+
+def _register_folder(con, folder: Path, report: LoadReport) -> dict[str, str]:
+    entries = [Entry(p.name, p.is_dir(), p.stat().st_size if p.is_file() else 0)
+               for p in folder.iterdir()]
+    found = {}
+    for name, entry in choose_files(entries, str(folder), report).items():
+        _read_file(con, name, folder / entry.name)
+        found[name] = str(folder / entry.name)
     return found
 
 
@@ -148,14 +188,14 @@ def _read_file(con, name: str, path: Path) -> None:
         raise unreadable(path, exc) from None
 
 
-def unreadable(path: Path | str, exc: duckdb.Error) -> DataError:
-    """The DataError for a file DuckDB could not read: the file, the likely cause, the fix."""
-    detail = str(exc).splitlines()[0]
+def unreadable(path: Path | str, exc: BaseException, engine: str = "DuckDB") -> DataError:
+    """The DataError for a file ENGINE could not read (EXC): the file, the likely cause, the fix."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     text, where = str(exc).lower(), str(path).lower()
     if "no space left" in text:
-        return DataError(f"reading {path} filled the disk (DuckDB spills large tables to "
+        return DataError(f"reading {path} filled the disk ({engine} spills large tables to "
                          "its temporary folder); free some space and run again "
-                         f"(DuckDB: {detail})")
+                         f"({engine}: {detail})")
     if "unicode" in text or "utf-8" in text or "utf8" in text:
         cause = "it is not UTF-8 text; save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
     elif where.endswith(".csv"):
@@ -166,7 +206,7 @@ def unreadable(path: Path | str, exc: duckdb.Error) -> DataError:
     else:
         cause = "its data do not read; export it again"
     return DataError(f"{'' if where.startswith(('frame', 'table')) else 'file '}{path} cannot "
-                     f"be read: {cause} (DuckDB: {detail})")
+                     f"be read: {cause} ({engine}: {detail})")
 
 
 def _register_database(con, path: Path, report: LoadReport) -> dict[str, str]:
@@ -202,9 +242,10 @@ def _register_database(con, path: Path, report: LoadReport) -> dict[str, str]:
     return found
 
 
-def _name_columns(con, name: str, report: LoadReport) -> None:
-    """The view raw_NAME over src_NAME with near-miss column names read as the contract's."""
-    columns = [row[0] for row in con.execute(f"DESCRIBE src_{name}").fetchall()]
+def column_names(name: str, columns: list[str], report: LoadReport) -> list[str]:
+    """The names COLUMNS (of table NAME, in order) are read as: a near miss of a contract
+    column's name (case, spaces) as the contract's, said so in REPORT; DataError when
+    several near misses name one column."""
     final = {column: column for column in columns}
     for column in TABLES[name].columns:
         actual, near = match_name(column.name, columns, f"table {name}: columns")
@@ -213,12 +254,19 @@ def _name_columns(con, name: str, report: LoadReport) -> None:
             report.renamed.setdefault(name, []).append(
                 f"read column {actual!r} as {column.name} (the names differ only in case or "
                 "spaces)")
-    if all(old == new for old, new in final.items()):
+    return list(final.values())
+
+
+def _name_columns(con, name: str, report: LoadReport) -> None:
+    """The view raw_NAME over src_NAME with near-miss column names read as the contract's."""
+    columns = [row[0] for row in con.execute(f"DESCRIBE src_{name}").fetchall()]
+    final = column_names(name, columns, report)
+    if final == columns:
         con.execute(f"CREATE VIEW raw_{name} AS SELECT * FROM src_{name}")
         return
     # DuckDB keeps a column's first spelling when an alias differs from it only in case
     # (identifiers are case-insensitive), so the names go through positional ones.
-    staged = ", ".join(f"{quote_ident(old)} AS c{i}" for i, old in enumerate(final))
-    named = ", ".join(f"c{i} AS {quote_ident(new)}" for i, new in enumerate(final.values()))
+    staged = ", ".join(f"{quote_ident(old)} AS c{i}" for i, old in enumerate(columns))
+    named = ", ".join(f"c{i} AS {quote_ident(new)}" for i, new in enumerate(final))
     con.execute(f"CREATE VIEW raw_{name} AS SELECT {named} FROM (SELECT {staged} "
                 f"FROM src_{name}) AS staged")

@@ -24,6 +24,7 @@ import duckdb
 import pandas as pd
 
 from churnlens.features.relations import LOADED, Sources
+from churnlens.features.sql_runner import SqlRunner, runner_of
 from churnlens.settings import ChurnSettings
 
 if TYPE_CHECKING:
@@ -68,22 +69,25 @@ def activity_sql(activity: str, sources: Sources = LOADED) -> str:
             f"UNION ALL {purchases}")
 
 
-def recognise_shape(con: duckdb.DuckDBPyConnection, observed_until: pd.Timestamp, *,
-                    horizon_days: int, activity: str) -> Shape:
-    """The shape of the contract tables on CON (see the module docstring).
+def recognise_shape(con: SqlRunner | duckdb.DuckDBPyConnection, observed_until: pd.Timestamp,
+                    *, horizon_days: int, activity: str) -> Shape:
+    """The shape of the contract tables on CON, a runner or a DuckDB connection (see the
+    module docstring).
 
     horizon_days: the churn horizon (widens the snapshot window); activity: "purchases" |
     "any", as `churn.activity` (what the first activity of transactions data is).
     """
-    subs, customers, most, ends, first_end = con.sql("""
+    runner = runner_of(con)
+    subs, customers, most, ends, first_end = runner.rows("""
         SELECT count(*), count(DISTINCT customer_id), coalesce(max(per_customer), 0),
                count(ended_at), min(ended_at)
         FROM (SELECT *, count(*) OVER (PARTITION BY customer_id) AS per_customer
               FROM subscriptions) AS subscription
-    """).fetchall()[0]
+    """)[0]
     if subs == 0:
         name, reason = "transactions", "no subscriptions: purchases and activity only"
-        return Shape(name, reason, *observable_from(con, "inactivity", horizon_days, activity))
+        return Shape(name, reason, *observable_from(runner, "inactivity", horizon_days,
+                                                     activity))
     window = max(horizon_days, SNAPSHOT_WINDOW_DAYS)
     first_end = None if first_end is None else pd.Timestamp(first_end)
     if most == 1 and (first_end is None
@@ -99,12 +103,13 @@ def recognise_shape(con: duckdb.DuckDBPyConnection, observed_until: pd.Timestamp
         name = "subscriptions"
         reason = (f"{subs:,} subscriptions of {customers:,} customers, up to {most} per "
                   f"customer, {ends:,} ended")
-    return Shape(name, reason, *observable_from(con, "contract", horizon_days, activity))
+    return Shape(name, reason, *observable_from(runner, "contract", horizon_days, activity))
 
 
-def observable_from(con: duckdb.DuckDBPyConnection, definition: str, horizon_days: int,
-                    activity: str) -> tuple[pd.Timestamp | None, str]:
-    """The first moment the data on CON can show a churn under DEFINITION, and why.
+def observable_from(con: SqlRunner | duckdb.DuckDBPyConnection, definition: str,
+                    horizon_days: int, activity: str) -> tuple[pd.Timestamp | None, str]:
+    """The first moment the data on CON (a runner or a DuckDB connection) can show a churn
+    under DEFINITION, and why.
 
     contract: the first recorded subscription end. inactivity: the first activity: from
     then on a window [c, c + horizon) can show "no activity" for the customers with history
@@ -112,14 +117,15 @@ def observable_from(con: duckdb.DuckDBPyConnection, definition: str, horizon_day
     window is the silence itself, so cutoffs after the first activity are all observable).
     None when the data hold no end (no activity). HORIZON_DAYS names the label in the reason.
     """
+    runner = runner_of(con)
     if definition == "contract":
-        first = con.sql("SELECT min(ended_at) FROM subscriptions").fetchall()[0][0]
+        first = runner.rows("SELECT min(ended_at) FROM subscriptions")[0][0]
         if first is None:
             return None, "no subscription has an end (ended_at) before the end of the data"
         return pd.Timestamp(first), "the first recorded subscription end"
     what = "purchase" if activity == "purchases" else "activity"
-    first = con.sql(f"SELECT min(activity_at) FROM ({activity_sql(activity)}) AS activity"
-                    ).fetchall()[0][0]
+    first = runner.rows(f"SELECT min(activity_at) FROM ({activity_sql(activity)}) AS activity"
+                        )[0][0]
     if first is None:
         return None, (f"no {what} is recorded (churn.activity: {activity}"
                       f"{', paid payments only' if activity == 'purchases' else ''})")
