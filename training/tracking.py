@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -41,16 +42,51 @@ EXPERIMENT_NOTE = ("churnlens training runs: one run per `churnlens train`, with
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")  # the model, logged as code
 
 
+class TrackingError(ValueError):
+    """The MLflow store cannot be reached or refuses a call; the message says which store
+    and how to fix it."""
+
+
 def configure(settings: MlflowSettings) -> str:
     """Point MLflow at the configured store and experiment; return the tracking URI.
 
     A new experiment is created as a model-training experiment (EXPERIMENT_KIND), and an
     existing one without a kind gets it; a kind someone chose in the UI is kept.
+    TrackingError: the store does not answer or refuses (a tracking server that is down,
+    a wrong address, missing credentials), instead of MLflow's traceback.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
     if not uri:
         uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    try:
+        _set_experiment(settings, uri)
+    except MlflowException as exc:
+        raise TrackingError(_store_error(uri, exc)) from None
+    return uri
+
+
+def _store_error(uri: str, exc: MlflowException) -> str:
+    """One line on why the store at URI failed: no answer at all, or the answer it gave."""
+    from mlflow.exceptions import RestException
+
+    line = str(exc.message).splitlines()[0]
+    first = line[:300]
+    if not uri.startswith(("http://", "https://")):
+        return f"the MLflow store {uri} failed: {first}"
+    if isinstance(exc, RestException):  # it answered: a refusal (credentials, permissions)
+        return (f"the MLflow tracking server {uri} refused: {first}; check the credentials "
+                "(MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD)")
+    # MLflow nests the socket's error in two layers of urllib3 text: keep the error itself.
+    reason = re.search(r"\[Errno -?\d+\] [^'\")]+", line)
+    return (f"the MLflow tracking server {uri} cannot be reached "
+            f"({reason.group(0) if reason else first}): check "
+            "MLFLOW_TRACKING_URI (or mlflow.tracking_uri in params.yaml) and that the "
+            "server is up")
+
+
+def _set_experiment(settings: MlflowSettings, uri: str) -> None:
     key, kind = EXPERIMENT_KIND
     tags = {key: kind, "mlflow.note.content": EXPERIMENT_NOTE}
     experiment = mlflow.get_experiment_by_name(settings.experiment)
@@ -65,7 +101,6 @@ def configure(settings: MlflowSettings) -> str:
             if name not in experiment.tags:
                 MlflowClient().set_experiment_tag(experiment.experiment_id, name, value)
     mlflow.set_experiment(settings.experiment)
-    return uri
 
 
 def runs_page(tracking_uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
