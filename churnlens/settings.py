@@ -202,9 +202,16 @@ class ServingSettings(_Frozen):
     max_page_size: int = Field(1000, ge=1, le=100_000)
 
 
+class SparkBatchSettings(_Frozen):
+    # Where the Spark job stages the validated sources and its checkpoints: a folder every
+    # executor can reach (hdfs://, s3a://, a shared mount); None: OUT.staging beside OUT.
+    staging: str | None = None
+
+
 class BatchSettings(_Frozen):
     chunk_size: int = Field(50_000, ge=100)
     psi_threshold: float = Field(0.2, gt=0)
+    spark: SparkBatchSettings = SparkBatchSettings()
 
 
 class Settings(_Frozen):

@@ -34,16 +34,22 @@ def add_commands(sub, parents) -> None:
                     "risk per tier; writes a drift report\nbeside the output.")
     p.add_argument("--as-of", type=iso_date, required=True, metavar="DATE",
                    help="YYYY-MM-DD: score the customers active on DATE")
-    p.add_argument("--out", type=Path, required=True, metavar="PATH", help="output parquet")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output parquet: a file (local engine), a dataset folder (spark; any "
+                        "path the executors can write: hdfs://, s3a://)")
     p.add_argument("--model-uri", type=model_uri, metavar="URI",
                    help="MLflow model URI (default: models:/NAME@champion, NAME from the "
                         "settings' mlflow.model_name)")
-    p.add_argument("--source", type=existing_path, metavar="PATH",
+    p.add_argument("--source", type=source_path, metavar="PATH",
                    help="data source folder or .duckdb file (default: data.source in the "
-                        "settings)")
+                        "settings); with --engine spark also hdfs://, s3a://, ...")
     p.add_argument("--chunk-size", type=at_least(1), metavar="N",
                    help="customers per part (default: batch.chunk_size in the settings)")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted job")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="finish an interrupted job")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace an existing --out (spark refuses one without it; the "
+                            "local engine replaces its file in any case)")
     p.add_argument("--engine", choices=["local", "spark"], default="local",
                    help="where the job runs")
     p.add_argument("--master", metavar="URL", help="Spark master URL, with --engine spark (default: local "
@@ -81,11 +87,12 @@ def add_commands(sub, parents) -> None:
 def score(args: argparse.Namespace) -> None:
     if args.master and args.engine != "spark":
         raise UsageError("--master needs --engine spark")
-    if args.out.is_dir():
+    spark = args.engine == "spark"
+    if not spark and Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a folder; pass the parquet file to write")
     settings = settings_of(args)
     source = args.source or settings.data.source
-    if not Path(source).exists():
+    if "://" not in str(source) and not Path(source).exists():
         raise UsageError(f"data source {source} not found: set data.source in params.yaml "
                          "or pass --source")
     require_store(tracking_uri(settings.mlflow))
@@ -96,7 +103,9 @@ def score(args: argparse.Namespace) -> None:
 
     configure(settings.mlflow)
     job = BatchJob(
-        as_of=args.as_of, out=args.out, source=args.source, resume=args.resume,
+        as_of=args.as_of, out=args.out if spark else Path(args.out),
+        source=None if args.source is None else str(args.source), resume=args.resume,
+        overwrite=args.overwrite,
         model_uri=args.model_uri or CHAMPION.format(name=settings.mlflow.model_name),
         chunk_size=args.chunk_size or settings.batch.chunk_size,
         psi_threshold=settings.batch.psi_threshold, engine=args.engine, master=args.master)
@@ -112,6 +121,11 @@ def score(args: argparse.Namespace) -> None:
         from churnlens.serving.notify import notify_batch
 
         notify_batch(r.out, args.notify, log=say)
+
+
+def source_path(text: str) -> Path | str:
+    """A source that exists, or a URI (hdfs://, s3a://) for Spark to read."""
+    return text if "://" in text else existing_path(text)
 
 
 def _webhook(text: str) -> str:

@@ -57,12 +57,19 @@ def cutoff_relation(con: duckdb.DuckDBPyConnection,
     Cutoffs are midnights (UTC): a date, not a moment, which keeps daily rollups exact.
     Raises ValueError when CUTOFFS is empty.
     """
+    return con.sql(cutoffs_sql(cutoffs))
+
+
+def cutoffs_sql(cutoffs: Sequence[pd.Timestamp]) -> str:
+    """The SQL text of `cutoff_relation` (for engines other than DuckDB, e.g. Spark).
+
+    Raises ValueError when CUTOFFS is empty.
+    """
     days = sorted({pd.Timestamp(c).normalize() for c in cutoffs})
     if not days:
         raise ValueError("no cutoffs given: pass at least one date")
     values = ", ".join(f"(TIMESTAMP '{day:%Y-%m-%d}')" for day in days)
-    return con.sql(f"SELECT CAST(cutoff AS TIMESTAMP) AS cutoff "
-                   f"FROM (VALUES {values}) AS given(cutoff)")
+    return f"SELECT CAST(cutoff AS TIMESTAMP) AS cutoff FROM (VALUES {values}) AS given(cutoff)"
 
 
 def build_spine(con: duckdb.DuckDBPyConnection, cutoffs: duckdb.DuckDBPyRelation,
@@ -74,7 +81,14 @@ def build_spine(con: duckdb.DuckDBPyConnection, cutoffs: duckdb.DuckDBPyRelation
     before the cutoff. The relation reads a temporary table (`relations.drop` removes it).
     Raises ValueError when CHURN's definition is not concrete.
     """
-    at_cutoff = from_item(cutoffs)
+    return materialise(con, spine_sql(from_item(cutoffs), churn, sources)
+                       + " ORDER BY customer_id, cutoff", "spine")
+
+
+def spine_sql(at_cutoff: str, churn: ChurnSettings, sources: Sources = LOADED) -> str:
+    """The SQL text of `build_spine` without its ORDER BY, reading the cutoffs from the
+    from-item AT_CUTOFF (for engines other than DuckDB, e.g. Spark). Raises ValueError when
+    CHURN's definition is not concrete."""
     _check_concrete(churn)
     if churn.definition == "contract":
         active = f"""
@@ -91,12 +105,11 @@ def build_spine(con: duckdb.DuckDBPyConnection, cutoffs: duckdb.DuckDBPyRelation
                   GROUP BY customer_id) AS history
             JOIN {at_cutoff} AS at_cutoff ON history.first_at < at_cutoff.cutoff
         """
-    return materialise(con, f"""
+    return f"""
         SELECT active.customer_id, active.cutoff FROM ({active}) AS active
         JOIN {sources.customers} AS customer
           ON customer.customer_id = active.customer_id AND customer.signed_up_at < active.cutoff
-        ORDER BY active.customer_id, active.cutoff
-    """, "spine")
+    """
 
 
 def _check_concrete(churn: ChurnSettings) -> None:

@@ -14,10 +14,11 @@ what the summary and the drift check need (`churnlens.serving.stats`), so a resu
 re-reads finished chunks' features. Parts hold score records in
 `churnlens.serving.records.RECORD_SCHEMA`.
 
-Two engines compute a chunk: ``local`` (`churnlens.serving.local.LocalEngine`: DuckDB +
-pandas in this process) and ``spark`` (`churnlens.serving.spark.SparkEngine`: Spark SQL
-translated from the same DuckDB SQL, scoring through ``mapInPandas``); what the job and the
-engines share is in `churnlens.serving.chunks`.
+The ``local`` engine (`churnlens.serving.local.LocalEngine`: DuckDB + pandas in this
+process) computes the chunks here. ``spark`` runs the whole job on Spark instead
+(`churnlens.serving.spark_job.run_spark_batch`: read, validated, computed, scored and written
+by the executors, OUT a parquet dataset folder); what the job and the engines share is in
+`churnlens.serving.chunks`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from churnlens.serving.parts import (
     write_part,
 )
 from churnlens.serving.records import RECORD_SCHEMA
-from churnlens.serving.spark import SparkEngine
 from churnlens.serving.stats import chunk_stats, drift_report, merge_stats
 from churnlens.serving.workdir import (
     MANIFEST_FORMAT,
@@ -146,6 +146,7 @@ class BatchJob:
     resume: bool = False
     engine: str = "local"
     master: str | None = None
+    overwrite: bool = False  # spark: replace an existing OUT (the local engine always does)
 
 
 @dataclass
@@ -224,9 +225,7 @@ def _combine(chunks: list[Chunk], parts: Path, out: Path, manifest: dict) -> Non
 
 def _open_engine(job: BatchJob, ds: DataSet, settings: Settings, model: ChurnModel,
                  spine: duckdb.DuckDBPyRelation, spark) -> Engine:
-    """The engine JOB asks for; pyspark is imported only when the spark engine starts."""
-    if job.engine == "spark":
-        return SparkEngine(ds, settings, model, spine, job.master, spark)
+    """The engine of a local job (the spark engine runs its own job, `run_spark_batch`)."""
     return LocalEngine(ds, settings, model, spine)
 
 
@@ -243,6 +242,10 @@ def run_batch(job: BatchJob, settings: Settings, log: Log = print, progress: boo
         raise BatchError(f"chunk size must be at least 1, got {job.chunk_size}")
     if job.engine not in ENGINES:
         raise BatchError(f"engine must be one of {', '.join(ENGINES)}, not {job.engine!r}")
+    if job.engine == "spark":  # pyspark is imported only when the spark engine starts
+        from churnlens.serving.spark_job import run_spark_batch
+
+        return run_spark_batch(job, settings, log, progress, spark)
     job.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with OutputLock(job.out, log):

@@ -1,35 +1,18 @@
-"""The Spark engine of the batch job: the feature SQL on Spark, scoring in mapInPandas.
+"""The Spark engine's base: DuckDB SQL translated for Spark, and the Spark session.
 
 The feature queries are the DuckDB SQL of features/queries.py translated by sqlglot, with the
-rewrites that keep DuckDB's results; the scoring core runs inside `mapInPandas` with the
-model broadcast. Needs pyspark (``pip install -e .[spark]``).
+rewrites that keep DuckDB's results. The job itself is `churnlens.serving.spark_job`. Needs
+pyspark (``pip install -e .[spark]``).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from functools import lru_cache
-from pathlib import Path
 
-import duckdb
-import pandas as pd
-import pyarrow as pa
-
-from churnlens.features.catalog import event_types_of
-from churnlens.features.contract import TABLES
-from churnlens.features.loading import DataSet
-from churnlens.features.queries import events_daily_sql, feature_sql
-from churnlens.features.relations import LOADED, from_item
-from churnlens.serving.chunks import BatchError, Chunk
-from churnlens.serving.core import score_records
-from churnlens.serving.records import RECORD_SCHEMA, record_row
-from churnlens.settings import Settings
-from churnlens.training.bundle import ChurnModel
+from churnlens.serving.chunks import BatchError
 
 
 @lru_cache(maxsize=1)
@@ -114,100 +97,3 @@ def spark_session(master: str | None):
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     return spark
-
-
-def _numeric_columns(frame: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
-    # The typing compute_features applies: ids as str, numeric features as float64.
-    frame["customer_id"] = frame["customer_id"].astype(str)
-    for name in numeric:
-        frame[name] = frame[name].astype("float64")
-    return frame
-
-
-class SparkEngine:
-    """Features as Spark SQL over the loaded tables, scored by mapInPandas.
-
-    The cleaned DuckDB tables (validated by features.loading) and the spine are exported
-    once to parquet, sorted by customer id so a chunk's range filter skips row groups; Spark
-    reads them as views of the names the feature SQL is built with.
-    """
-
-    name = "spark"
-
-    def __init__(self, ds: DataSet, settings: Settings, model: ChurnModel,
-                 spine: duckdb.DuckDBPyRelation, master: str | None = None, spark=None):
-        self.model, self.settings = model, settings
-        self.owns_session = spark is None
-        self.spark = spark or spark_session(master)
-        self.tmp = Path(tempfile.mkdtemp(prefix="churnlens-spark-"))
-        self.sql = to_spark_sql(feature_sql(settings.features, model.features, spine="spine",
-                                            daily="events_daily", sources=LOADED))
-        exported = {t: LOADED.of(t) for t in TABLES} | {"spine": from_item(spine)}
-        for name, source in exported.items():
-            path = self.tmp / f"{name}.parquet"
-            ds.con.execute(f"COPY (SELECT * FROM {source} AS whole ORDER BY customer_id) "
-                           f"TO '{path}' (FORMAT parquet)")
-            self.spark.read.parquet(str(path)).createOrReplaceTempView(f"{name}__all")
-            self.spark.table(f"{name}__all").createOrReplaceTempView(name)
-        daily = self.spark.sql(to_spark_sql(events_daily_sql(
-            settings.features, LOADED.events, event_types_of(model.features))))
-        (daily.repartitionByRange(4, "customer_id").sortWithinPartitions("customer_id")
-         .write.parquet(str(self.tmp / "events_daily")))
-        daily = self.spark.read.parquet(str(self.tmp / "events_daily"))
-        daily.createOrReplaceTempView("events_daily__all")
-        daily.createOrReplaceTempView("events_daily")
-        self.model_bytes = self.spark.sparkContext.broadcast(pickle.dumps(model))
-        # The feature SQL builds the model's features only: mrr is among them when the
-        # source has subscriptions (serving.stats values by expected revenue otherwise).
-        self.carried = [f.name for f in model.features]
-
-    def _output_schema(self):
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        kinds = {f.name: f.kind for f in self.model.features}
-        extra = [pa.field(f"_f_{n}", pa.string() if kinds.get(n) == "category" else pa.float64())
-                 for n in self.carried]
-        return from_arrow_schema(pa.schema([*RECORD_SCHEMA, *extra]))
-
-    def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
-        from pyspark.sql import functions as F
-
-        for name in (*TABLES, "spine", "events_daily"):
-            (self.spark.table(f"{name}__all")
-             .where(F.col("customer_id").between(chunk.first, chunk.last))
-             .createOrReplaceTempView(name))
-        frame = self.spark.sql(self.sql)
-        tasks = self.spark.sparkContext.defaultParallelism
-        scored = frame.repartition(tasks).mapInPandas(
-            _score_partition(self.model_bytes, self.carried, self.model), self._output_schema())
-        table = scored.toArrow().sort_by("customer_id")
-        records = table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
-        features = table.select([f"_f_{n}" for n in self.carried]).to_pandas()
-        features.columns = self.carried
-        features.insert(0, "customer_id", records.column("customer_id").to_pandas())
-        return records, features
-
-    def close(self) -> None:
-        if self.owns_session:
-            self.spark.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _score_partition(model_bytes, carried: list[str], model: ChurnModel):
-    numeric = [f.name for f in model.features if f.kind == "numeric"]
-    numeric += [n for n in carried if n not in {f.name for f in model.features}]
-
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        # Loaded once per task from the broadcast bytes, not once per batch.
-        m: ChurnModel = pickle.loads(model_bytes.value)
-        for frame in batches:
-            if frame.empty:
-                continue
-            frame = _numeric_columns(frame, numeric)
-            rows = pd.DataFrame([record_row(r) for r in score_records(m, frame, num_threads=1)],
-                                columns=RECORD_SCHEMA.names)
-            for n in carried:
-                rows[f"_f_{n}"] = frame[n].to_numpy()
-            yield rows
-
-    return run

@@ -1,0 +1,105 @@
+"""The Spark job's spine, its chunks, and the sources staged partitioned by chunk.
+
+A customer's chunk is ``pmod(xxhash64(customer_id), N)`` with N = ceil(customers /
+chunk size): the same data give the same chunks, and a chunk is found from its ids alone.
+The validated sources (the temp views of `churnlens.features.spark_loading`) are staged
+once, each table restricted to the spine's customers and written as parquet partitioned by
+chunk, with the daily event rollup beside them; a chunk's feature query then reads only its
+own partition of each (`chunk_views`). The staging folder is under ``batch.spark.staging``
+(any path every executor can reach), by default ``OUT.staging`` beside the output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from churnlens.features.contract import TABLES
+from churnlens.features.queries import events_daily_sql
+from churnlens.features.relations import Sources
+from churnlens.features.spine import cutoffs_sql, spine_sql
+from churnlens.serving.chunks import BatchError, Chunk
+from churnlens.serving.spark import to_spark_sql
+from churnlens.serving.spark_files import join
+from churnlens.serving.spark_sql import small_rows
+from churnlens.settings import ChurnSettings, FeatureSettings
+
+CHUNK_VIEWS = Sources(**{t: f"chunk_{t}" for t in TABLES})  # a chunk's contract tables
+CHUNK_SPINE, CHUNK_DAILY = "chunk_spine", "chunk_events_daily"
+
+
+def chunk_of(n: int) -> str:
+    """The Spark SQL expression of a row's chunk among N."""
+    return f"pmod(xxhash64(customer_id), {int(n)})"
+
+
+def spine_frame(spark, as_of: pd.Timestamp, churn: ChurnSettings):
+    """The customers active at AS_OF (`churnlens.features.spine.spine_sql` on Spark)."""
+    return spark.sql(to_spark_sql(spine_sql(f"({cutoffs_sql([as_of])})", churn)))
+
+
+def stage_spine(spine, chunk_size: int, staging: str):
+    """Write SPINE with its chunk column to STAGING/spine; return (staged frame, chunks),
+    (None, []) when nobody is active (the caller names the date).
+
+    Raises BatchError when the chunks do not add up to the spine (a null customer_id).
+    """
+    from pyspark.sql import functions as F
+
+    spark = spine.sparkSession
+    total = small_rows(spine.selectExpr("count(*) AS n"), "the spine's size")[0]["n"]
+    if total == 0:
+        return None, []
+    n = max(1, math.ceil(total / chunk_size))
+    path = join(staging, "spine")
+    spine.selectExpr("*", f"{chunk_of(n)} AS chunk").write.partitionBy("chunk").parquet(path)
+    staged = spark.read.parquet(path)
+    rows = small_rows(staged.groupBy("chunk").agg(
+        F.count("*").alias("count"), F.min("customer_id").alias("first"),
+        F.max("customer_id").alias("last"),
+        F.sum(F.xxhash64("customer_id").cast("decimal(38,0)")).alias("digest")),
+        "the chunks' counts", limit=n)
+    chunks = sorted((Chunk(int(r["chunk"]), r["first"], r["last"], int(r["count"]),
+                           str(r["digest"])) for r in rows), key=lambda c: c.index)
+    if sum(c.count for c in chunks) != total:
+        raise BatchError(f"the spine has {total:,} customers but its chunks "
+                         f"{sum(c.count for c in chunks):,}: is a customer_id null?")
+    return staged, chunks
+
+
+def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str) -> dict:
+    """Write each contract table (the spine's customers only) and the daily event rollup of
+    EVENT_TYPES to STAGING/<name>, partitioned by chunk. Returns the schema of each staged
+    name (with the spine's), for `chunk_views`."""
+    spark = staged_spine.sparkSession
+    ids = staged_spine.select("customer_id", "chunk")
+    schemas = {"spine": staged_spine.schema}
+    for table in TABLES:
+        rows = spark.table(table).join(ids, "customer_id", "inner")
+        schemas[table] = rows.schema
+        rows.write.partitionBy("chunk").parquet(join(staging, table))
+    read_staged(spark, staging, "events", schemas["events"]).drop("chunk") \
+        .createOrReplaceTempView("staged_events")
+    daily = spark.sql(to_spark_sql(events_daily_sql(fs, "staged_events", event_types)))
+    daily = daily.join(ids, "customer_id", "inner")
+    schemas["events_daily"] = daily.schema
+    daily.write.partitionBy("chunk").parquet(join(staging, "events_daily"))
+    return schemas
+
+
+def read_staged(spark, staging: str, name: str, schema):
+    """STAGING/NAME with its chunk column, read with SCHEMA: an empty table wrote no file
+    Spark could take a schema from."""
+    return spark.read.schema(schema).parquet(join(staging, name))
+
+
+def chunk_views(spark, staging: str, chunk: Chunk, schemas: dict) -> None:
+    """Temp views CHUNK_VIEWS, CHUNK_SPINE and CHUNK_DAILY over CHUNK's partitions.
+
+    schemas: the schema of each staged name (`stage_sources`)."""
+    views = {t: CHUNK_VIEWS.of(t) for t in TABLES} | {"spine": CHUNK_SPINE,
+                                                      "events_daily": CHUNK_DAILY}
+    for name, view in views.items():
+        (read_staged(spark, staging, name, schemas[name]).where(f"chunk = {chunk.index}")
+         .drop("chunk").createOrReplaceTempView(view))

@@ -1,0 +1,167 @@
+"""The Spark-native job: a dataset written by the executors, committed atomically, resumable,
+and nothing proportional to the base collected on the driver."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from churnlens.serving import spark_job
+from churnlens.serving.batch import BatchError, run_batch
+from churnlens.serving.records import table_records
+from churnlens.serving.spark import java_missing, spark_session
+from churnlens.settings import Settings
+from tests.fixtures_model import TrainedEnv
+from tests.serving.test_batch import Env, assert_same_records, batch_env
+
+ROOT = Path(__file__).resolve().parents[2]
+# Calls that bring rows to the driver, and the one function allowed to make them: it bounds
+# what it fetches (`small_rows`).
+FETCHES = {"collect", "toPandas", "toArrow", "take", "head", "first", "tail",
+           "toLocalIterator", "collectAsList", "takeAsList"}
+ALLOWED = {("spark_sql.py", "small_rows")}
+CHUNK = 500
+
+needs_spark = pytest.mark.skipif(
+    importlib.util.find_spec("pyspark") is None or java_missing() is not None,
+    reason=f"needs pyspark (pip install -e .[spark]) and Java: {java_missing()}")
+
+
+def _fetches(path: Path) -> list[tuple[str, str, int]]:
+    """(function, call, line) of each FETCHES call in PATH, with the function holding it."""
+    found = []
+
+    def visit(node, owner: str):
+        for child in ast.iter_child_nodes(node):
+            name = child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else owner
+            if (isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute)
+                    and child.func.attr in FETCHES):
+                found.append((owner, child.func.attr, child.lineno))
+            visit(child, name)
+
+    visit(ast.parse(path.read_text()), "<module>")
+    return found
+
+
+def test_no_records_reach_the_driver():
+    files = sorted((ROOT / "serving").glob("spark*.py"))
+    assert {f.name for f in files} >= {"spark.py", "spark_job.py", "spark_score.py",
+                                       "spark_sql.py", "spark_stage.py", "spark_output.py"}
+    seen = {(f.name, owner, call, line) for f in files for owner, call, line in _fetches(f)}
+    allowed = {s for s in seen if (s[0], s[1]) in ALLOWED}
+    assert allowed, "small_rows no longer fetches: update ALLOWED"
+    assert seen - allowed == set(), "fetch rows through spark_sql.small_rows (bounded)"
+
+
+def test_the_code_check_finds_a_collect(tmp_path):
+    bad = tmp_path / "spark_bad.py"
+    bad.write_text("def records(df):\n    return df.where('x').toPandas()\n")
+    assert _fetches(bad) == [("records", "toPandas", 2)]
+
+
+@pytest.fixture(scope="module")
+def env(trained_env: TrainedEnv) -> Iterator[Env]:
+    with batch_env(trained_env) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def spark():
+    session = spark_session("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def local_records(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "scores.parquet"
+    run_batch(env.job(out, chunk_size=CHUNK), env.settings, log=lambda *_: None, progress=False)
+    return table_records(pq.read_table(out))
+
+
+def _spark(env, spark, out, **kw):
+    return run_batch(env.job(out, chunk_size=CHUNK, engine="spark", **kw), env.settings,
+                     log=lambda *_: None, progress=False, spark=spark)
+
+
+def _records(out: Path) -> list[dict]:
+    return table_records(pq.read_table(out).sort_by("customer_id"))
+
+
+@pytest.mark.slow
+@needs_spark
+def test_dataset_equals_the_local_file(env, spark, local_records, tmp_path):
+    out = tmp_path / "scores.parquet"
+    r = _spark(env, spark, out)
+    assert out.is_dir() and (out / "_SUCCESS").is_file() and (out / "_manifest.json").is_file()
+    chunks = sorted(p.name for p in out.iterdir() if p.name.startswith("chunk-"))
+    assert len(chunks) == r.chunks >= 2 and r.chunks_resumed == 0
+    assert not tmp_path.joinpath("scores.parquet.tmp").exists()
+    assert not tmp_path.joinpath("scores.parquet.staging").exists()
+    assert_same_records(_records(out), local_records, rel=1e-9)
+    assert r.customers == len(local_records)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_resume_scores_only_the_chunks_that_did_not_commit(env, spark, local_records, tmp_path,
+                                                           monkeypatch):
+    out, scored = tmp_path / "scores", []
+    real = spark_job.score_chunk
+
+    def failing(features, chunk, *a, **kw):
+        if len(scored) == 1:
+            raise RuntimeError("executor lost")
+        scored.append(chunk.index)
+        return real(features, chunk, *a, **kw)
+
+    monkeypatch.setattr(spark_job, "score_chunk", failing)
+    with pytest.raises(RuntimeError, match="executor lost"):
+        _spark(env, spark, out)
+    assert not out.exists(), "a reader must never see a half-written dataset"
+    committed = sorted(p.name for p in Path(f"{out}.tmp").iterdir() if p.name.startswith("chunk-"))
+    assert committed == [f"chunk-{scored[0]:05d}"]
+    with pytest.raises(BatchError, match=r"holds an unfinished job: pass --resume .*1 of \d+ "
+                                         "chunks committed.*or --overwrite"):
+        _spark(env, spark, out)
+
+    again = []
+    monkeypatch.setattr(spark_job, "score_chunk",
+                        lambda features, chunk, *a, **kw: again.append(chunk.index)
+                        or real(features, chunk, *a, **kw))
+    r = _spark(env, spark, out, resume=True)
+    assert scored[0] not in again and len(again) == r.chunks - 1 and r.chunks_resumed == 1
+    assert_same_records(_records(out), local_records, rel=1e-9)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_an_existing_output_needs_overwrite(env, spark, local_records, tmp_path, monkeypatch):
+    out = tmp_path / "scores"
+    staging = tmp_path / "shared-staging"
+    used = []
+    real = spark_job.stage_sources
+    monkeypatch.setattr(spark_job, "stage_sources",
+                        lambda spine, fs, types, at: used.append(at) or real(spine, fs, types, at))
+    settings = Settings(data={"source": env.trained.source},
+                        batch={"spark": {"staging": str(staging)}})
+    first = run_batch(env.job(out, chunk_size=CHUNK, engine="spark"), settings,
+                      log=lambda *_: None, progress=False, spark=spark)
+    assert used and used[0].startswith(str(staging) + "/scores-")
+    assert not Path(used[0]).exists(), "the run's staging is removed when it is done"
+    with pytest.raises(BatchError, match=r"scores exists: pass --overwrite to replace it"):
+        _spark(env, spark, out)
+    notes = []
+    done = run_batch(env.job(out, chunk_size=CHUNK, engine="spark", resume=True), settings,
+                     log=notes.append, progress=False, spark=spark)
+    assert any("finished: nothing to score" in n for n in notes)
+    assert done.stats == first.stats
+    (out / "chunk-00000").rename(tmp_path / "moved")  # spoil it: overwrite must rebuild
+    r = _spark(env, spark, out, overwrite=True)
+    assert r.chunks_resumed == 0
+    assert_same_records(_records(out), local_records, rel=1e-9)
