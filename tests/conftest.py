@@ -13,6 +13,7 @@ pytest_plugins = ["tests.fixtures_model"]
 LONGEST_FIRST = (
     "tests/training/test_pipeline.py",  # slow only: two trainings, 20,000 + 3,000 customers
     "tests/test_shapes_e2e.py",  # slow only: three CLI trainings
+    "tests/test_mlflow_server.py",  # slow only: an MLflow server, one CLI training
     "tests/serving/test_core.py",  # builds the trained model (the fast suite's longest)
     "tests/test_cli_errors.py",
     "tests/serving/test_http.py",
