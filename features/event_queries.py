@@ -11,14 +11,17 @@ scoring data hold (a type absent there counts 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import duckdb
 import pandas as pd
 
 from churnlens.features.exact_sums import DECIMAL, exact_sum
 from churnlens.features.known import days_between, latest_before, sql_string, utc_day, visible
 from churnlens.features.relations import timestamp_literal
 from churnlens.settings import FeatureSettings
+
+if TYPE_CHECKING:  # the scoring path builds these queries' text without DuckDB
+    import duckdb
 
 
 def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str] = (),

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-import duckdb
 import pandas as pd
+
+if TYPE_CHECKING:  # the scoring path reads LOADED and builds SQL text without DuckDB
+    import duckdb
 
 
 @dataclass(frozen=True)

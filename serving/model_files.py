@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 BUNDLE = "bundle.pkl"
 FEATURES = "features.json"  # beside a cached bundle: the model's feature names
@@ -122,10 +123,7 @@ class ModelFetch:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self.conn.poll(wait):
                 self.child.kill()
-                raise FetchError(f"the MLflow store {store} did not answer within "
-                                 f"{self.timeout_s:g} s for {self.uri}: check "
-                                 "MLFLOW_TRACKING_URI and that the server is up "
-                                 "(--registry-timeout sets the limit)")
+                raise FetchError(silent_store(store, self.timeout_s, self.uri))
             try:
                 kind, value = self.conn.recv()
             except EOFError:
@@ -197,6 +195,29 @@ def in_place(resolved) -> Fetched | None:
     features = signature_features(folder / "MLmodel")
     return Fetched(folder / "artifacts" / BUNDLE, resolved.name, resolved.version,
                    resolved.run_id, features=tuple(features) if features else None)
+
+
+def complete(bundle: Path) -> bool:
+    """Whether BUNDLE ends with pickle's STOP opcode (a truncated copy does not)."""
+    try:
+        with open(bundle, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"."
+    except OSError:
+        return False
+
+
+def local_model(uri: str) -> Fetched | None:
+    """The bundle of a model given as a local folder (a path or file:// URI, as
+    `mlflow.artifacts.download_artifacts` takes it), read where it lies; None otherwise."""
+    if uri.startswith(("models:/", "runs:/")) or "://" in uri.removeprefix("file://"):
+        return None
+    folder = Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
+    bundle = folder / "artifacts" / BUNDLE
+    if not bundle.is_file():
+        return None
+    features = signature_features(folder / "MLmodel")
+    return Fetched(bundle, features=tuple(features) if features else None)
 
 
 def cache_folder(root: Path, name: str, version: str, run_id: str | None) -> Path:
@@ -297,6 +318,12 @@ def _resolve(uri: str) -> tuple[str, str, str]:
     except MlflowException as exc:
         raise FetchError(not_found(uri, get_tracking_uri(), str(exc.message))) from None
     return name, str(mv.version), mv.run_id
+
+
+def silent_store(store: str, timeout_s: float, uri: str) -> str:
+    """The message for a tracking server that did not answer within TIMEOUT_S."""
+    return (f"the MLflow store {store} did not answer within {timeout_s:g} s for {uri}: check "
+            "MLFLOW_TRACKING_URI and that the server is up (--registry-timeout sets the limit)")
 
 
 def not_found(uri: str, store: str, detail: str) -> str:

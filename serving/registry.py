@@ -1,4 +1,5 @@
-"""A registry URI resolved to its version in milliseconds, for a local SQLite store.
+"""A registry URI resolved to its version in milliseconds: SQLite read directly, a
+tracking server asked through MLflow's REST API.
 
 `churnlens serve` resolves ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) on every
 start, because an alias may have moved. Through MLflow that costs about 9 s of CPU on this
@@ -11,24 +12,47 @@ The tables read are MLflow's registry tables (``model_versions``,
 ``registered_model_aliases``), with MLflow's own conditions (a version soft-deleted as
 ``Deleted_Internal`` does not exist; the ``default`` workspace). Anything this module does
 not recognise (another store, a schema without those tables or columns, a workspace set
-with MLFLOW_WORKSPACE) returns None, and the caller asks MLflow as before. A version whose
+with MLFLOW_WORKSPACE) returns None, and the caller asks MLflow as before.
+
+A tracking server (``http://``, ``https://``) is asked the same two questions through
+MLflow's documented REST API (``model-versions/get``, ``registered-models/alias``) with
+the standard library, so a server that does not answer is reported after the registry
+timeout, not after MLflow's import (a minute on a busy machine). Only the token and basic
+authentication MLflow reads from the environment are sent; with TLS settings of MLflow's
+own (custom certificates, insecure TLS) the lookup is left to MLflow. A version whose
 artifacts are a local folder (``storage_location`` ``file://...``, the default beside a
 SQLite store) is read from that folder as MLflow's local artifact repository would copy it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sqlite3
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote, unquote, urlencode, urlparse
 
 DELETED = "Deleted_Internal"  # mlflow.entities.model_registry.model_version_stages
 
 
 class NotRegistered(LookupError):
     """The store answers, and the model or version the URI names is not in it."""
+
+
+class Unreachable(ConnectionError):
+    """The tracking server refused the connection or did not answer in time."""
+
+    def __init__(self, reason: str, silent: bool):
+        super().__init__(reason)
+        self.silent = silent  # True: connected, then no answer within the timeout
+
+
+TLS_SETTINGS = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                "MLFLOW_TRACKING_CLIENT_CERT_PATH")
 
 
 @dataclass(frozen=True)
@@ -119,3 +143,62 @@ def _recognised(con: sqlite3.Connection) -> bool:
         if not columns <= found:
             return False
     return True
+
+
+def resolve_remote(uri: str, store: str, timeout_s: float) -> Resolved | None:
+    """URI's version on the tracking server STORE, asked over MLflow's REST API; None when
+    this module leaves the question to MLflow (not a registry URI, TLS settings of MLflow's
+    own, an answer it does not recognise). Raises NotRegistered with the server's message,
+    or Unreachable when the server refuses or stays silent for TIMEOUT_S."""
+    if (not store.startswith(("http://", "https://")) or not uri.startswith("models:/")
+            or any(os.environ.get(k) for k in TLS_SETTINGS)):
+        return None
+    name, version, alias = parse(uri)
+    if not name or bool(version) == bool(alias):
+        return None
+    path, query = (("registered-models/alias", {"name": name, "alias": alias}) if alias
+                   else ("model-versions/get", {"name": name, "version": version}))
+    request = urllib.request.Request(
+        f"{store.rstrip('/')}/api/2.0/mlflow/{path}?{urlencode(query)}", headers=_auth())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            body = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return _refusal(exc)
+    except TimeoutError as exc:
+        raise Unreachable(str(exc) or "timed out", silent=True) from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise Unreachable(str(exc.reason) or "timed out", silent=True) from None
+        raise Unreachable(str(exc.reason), silent=False) from None
+    except (OSError, ValueError):
+        return None
+    mv = body.get("model_version") if isinstance(body, dict) else None
+    if not isinstance(mv, dict) or "version" not in mv:
+        return None
+    return Resolved(name, str(mv["version"]), mv.get("run_id"), mv.get("storage_location"))
+
+
+def _refusal(exc: urllib.error.HTTPError) -> None:
+    """NotRegistered for the server's "does not exist" answer; None for any other refusal
+    (authentication, a proxy's page), whose explanation MLflow's client gives best."""
+    try:
+        body = json.loads(exc.read())
+    except (OSError, ValueError):
+        return None
+    if isinstance(body, dict) and body.get("error_code") == "RESOURCE_DOES_NOT_EXIST":
+        raise NotRegistered(str(body.get("message") or "not found")) from None
+    return None
+
+
+def _auth() -> dict[str, str]:
+    """The Authorization header MLflow's client would send, from the same variables."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                      os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    return {}

@@ -98,7 +98,8 @@ def serve(config: ServeConfig, host: str, port: int, log: Callable[[str], None])
     signal.signal(signal.SIGTERM, _stop)  # also while loading: stop at once, cleanly
     try:
         with own_metrics_folder() as folder:
-            loaded = startup.load(replace(config, fail_fast=partial(_fail_now, folder)))
+            loaded = startup.load(replace(config, fail_fast=partial(_fail_now, folder),
+                                          lean_imports=True))
             # Imported after the load, whose checks come before the scoring stack's imports.
             from churnlens.serving import workspace_scores
 

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import expit
-from sklearn.base import BaseEstimator
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.utils.validation import check_is_fitted
+
+from churnlens.training.fitted import not_fitted
 
 # No probability of exactly 0 or 1 leaves the model: a customer-success team reads 0 as
 # "certain to stay", and one such customer who churns makes the log loss infinite. 1e-4 is
@@ -41,8 +38,12 @@ def bounded(p: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(p, dtype=float), P_MIN, P_MAX)
 
 
-class _Calibrator(BaseEstimator):
-    """Shared machinery: input checks, `n_rows_`, and the one not-fitted path."""
+class _Calibrator:
+    """Shared machinery: input checks, `n_rows_`, and the one not-fitted path.
+
+    Not a scikit-learn estimator (scikit-learn is imported only to fit): a served model's
+    calibrator unpickles with numpy alone.
+    """
 
     def fit(self, z, y) -> _Calibrator:
         """Learn the map from log-odds Z (1-d) to P(churn) on 0/1 outcomes Y; returns self.
@@ -67,7 +68,9 @@ class _Calibrator(BaseEstimator):
 
         Raises sklearn's NotFittedError before `fit`.
         """
-        check_is_fitted(self, "n_rows_")
+        if not hasattr(self, "n_rows_"):
+            raise not_fitted(f"This {type(self).__name__} instance is not fitted yet; call "
+                             "fit with log-odds and outcomes first")
         return self._predict(np.asarray(z, dtype=float))
 
     def _fit(self, z: np.ndarray, y: np.ndarray) -> None:
@@ -99,6 +102,8 @@ class PlattCalibrator(_Calibrator):
             raise ValueError(f"Platt scaling needs churners and non-churners; all {y.size} "
                              f"outcomes are {int(y[0])}")
         # Unpenalised: the slope and intercept are the calibration, not something to shrink.
+        from sklearn.linear_model import LogisticRegression
+
         fitted = LogisticRegression(C=np.inf).fit(z.reshape(-1, 1), y.astype(int))
         self.a_, self.b_ = float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
 
@@ -113,6 +118,8 @@ class IsotonicCalibrator(_Calibrator):
     method = "isotonic"
 
     def _fit(self, z: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.isotonic import IsotonicRegression
+
         fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, y)
         self.x_, self.y_ = fitted.X_thresholds_, fitted.y_thresholds_
 
@@ -129,6 +136,9 @@ def from_sklearn(estimator) -> _Calibrator:
 
     Raises TypeError for any other object.
     """
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
     if isinstance(estimator, LogisticRegression):
         out = PlattCalibrator()
         out.a_, out.b_ = float(estimator.coef_[0, 0]), float(estimator.intercept_[0])
@@ -157,6 +167,8 @@ def cross_fitted_losses(z, y, groups, methods, seed: int) -> dict[str, np.ndarra
     rate). Probabilities are `bounded`, as served. Raises ValueError as `fit`.
     """
     z, y = np.asarray(z, dtype=float), np.asarray(y, dtype=int)
+    from sklearn.model_selection import StratifiedGroupKFold
+
     folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
     oof = {method: np.empty(len(y)) for method in methods}
     for fit_idx, out_idx in folds.split(z, y, groups=groups):

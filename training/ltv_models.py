@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import NotFittedError
 
 from churnlens.features.queries import Feature
 from churnlens.settings import LightGBMSettings
+from churnlens.training.fitted import not_fitted
 from churnlens.training.ltv import expected_ltv, monthly_grid, monthly_revenue
 from churnlens.training.purchase import BetaGeo, GammaGamma, expected_revenue
 
@@ -102,7 +102,7 @@ class LtvCandidate:
 
     def _check_fitted(self) -> None:
         if not getattr(self, "fitted_", False):
-            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit first")
+            raise not_fitted(f"{type(self).__name__} is not fitted yet; call fit first")
 
     def predict(self, rows: pd.DataFrame, *, annual_discount_rate: float | None = None,
                 monthly_survival: np.ndarray | None = None) -> np.ndarray:
@@ -145,7 +145,7 @@ class SurvivalRevenue(LtvCandidate):
     def fit(self, train=None, validation=None) -> SurvivalRevenue:
         """Returns self; raises NotFittedError when the survival model is not fitted."""
         if getattr(self.survival, "chosen_", None) is None:
-            raise NotFittedError("SurvivalRevenue needs a fitted SurvivalModel; fit it first")
+            raise not_fitted("SurvivalRevenue needs a fitted SurvivalModel; fit it first")
         self.fitted_ = True
         return self
 
@@ -316,7 +316,7 @@ class RevenueRegressor(LtvCandidate):
         """ROWS as the booster's float matrix; a category is its index among the levels
         learned in fit (unseen or missing: NaN). Raises ValueError for missing columns."""
         if not hasattr(self, "categories_"):
-            raise NotFittedError("RevenueRegressor is not fitted yet; call fit first")
+            raise not_fitted("RevenueRegressor is not fitted yet; call fit first")
         _require(rows, [f.name for f in self.features], "RevenueRegressor")
         columns = []
         for f in self.features:

@@ -18,8 +18,8 @@ import warnings
 import numpy as np
 import pandas as pd
 from scipy.special import betaln, digamma, gammaln, hyp2f1, logsumexp
-from sklearn.exceptions import NotFittedError
 
+from churnlens.training.fitted import not_fitted
 from churnlens.training.ltv import MONTH_DAYS
 
 LOG_BOUND = 15.0  # parameters are searched in [e^-15, e^15]: far beyond any real data
@@ -101,7 +101,7 @@ class _Estimator:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, f"{self._params[0]}_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit first")
+            raise not_fitted(f"{type(self).__name__} is not fitted yet; call fit first")
 
     def _store(self, result, mean_loglik: float, hessian: np.ndarray, n: int) -> None:
         params = np.exp(result.x)

@@ -27,12 +27,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import NotFittedError
 
 from churnlens.features.queries import Feature
+from churnlens.training.fitted import not_fitted
 from churnlens.training.hazard import DiscreteHazard
 from churnlens.training.ltv import monthly_grid
-from churnlens.training.metrics import survival_metrics
 from churnlens.training.survival_models import (
     LogLogisticAFT,
     SurvivalCandidate,
@@ -151,6 +150,8 @@ class SurvivalModel:
             _check_features(frame, self.features, name)
         d, e = check_survival_target(train, "train")
         vd, ve = check_survival_target(validation, "validation")
+        from churnlens.training.metrics import survival_metrics  # sklearn, lifelines: fit only
+
         fitted, self.scores_ = {}, {}
         for name in self.candidates_for(train):
             start = time.perf_counter()
@@ -221,7 +222,7 @@ class SurvivalModel:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise NotFittedError("SurvivalModel is not fitted yet; call fit(train, validation)")
+            raise not_fitted("SurvivalModel is not fitted yet; call fit(train, validation)")
 
     def survival_function(self, frame: pd.DataFrame | np.ndarray, days: Sequence[float]
                           ) -> np.ndarray:

@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from lifelines import LogLogisticAFTFitter, WeibullAFTFitter
-from scipy.stats import skew
 
 from churnlens.features.queries import Feature
 from churnlens.training.survival_support import reach
@@ -130,6 +128,8 @@ class NumericDesign:
         x = frame[num].to_numpy(dtype=float)
         keep = [j for j, c in enumerate(x.T) if len(np.unique(c[~np.isnan(c)])) > 1]
         self.numeric_, x = [num[j] for j in keep], x[:, keep]
+        from scipy.stats import skew  # fit only: scipy.stats costs a served model 1 s
+
         self.log_ = np.array([abs(skew(c[~np.isnan(c)])) > 1 for c in x.T], dtype=bool)
         z = self._log(x)
         self.median_, self.mean_ = np.nanmedian(z, axis=0), np.nanmean(z, axis=0)
@@ -168,7 +168,7 @@ class ParametricAFT(SurvivalCandidate):
     curve S as a function of z = (t / scale) ** shape.
     """
 
-    fitter: type
+    fitter: str  # the lifelines class, imported at fit (prediction is closed-form)
     scale_param: str
     shape_param: str
 
@@ -201,7 +201,9 @@ class ParametricAFT(SurvivalCandidate):
             data["_duration"] += entry
         # ftol 1e-8 instead of lifelines' 1e-10 for Weibull: a third faster, and the curves
         # move by < 0.001 on sample data.
-        fitter = self.fitter(penalizer=self.penalizer if penalizer is None else penalizer)
+        import lifelines
+
+        fitter = getattr(lifelines, self.fitter)(penalizer=self.penalizer if penalizer is None else penalizer)
         params = fitter.fit(data, "_duration", "_event", fit_options={"ftol": 1e-8},
                             entry_col=None if entry is None else "_entry").params_
         self.coef_ = params.loc[self.scale_param].reindex(self.design_.columns_).to_numpy()
@@ -223,7 +225,7 @@ class ParametricAFT(SurvivalCandidate):
 class WeibullAFT(ParametricAFT):
     """Weibull AFT: S(t) = exp(-(t / scale) ** shape)."""
 
-    fitter, scale_param, shape_param = WeibullAFTFitter, "lambda_", "rho_"
+    fitter, scale_param, shape_param = "WeibullAFTFitter", "lambda_", "rho_"
 
     @staticmethod
     def _curve(z: np.ndarray) -> np.ndarray:
@@ -233,7 +235,7 @@ class WeibullAFT(ParametricAFT):
 class LogLogisticAFT(ParametricAFT):
     """Log-logistic AFT: S(t) = 1 / (1 + (t / scale) ** shape)."""
 
-    fitter, scale_param, shape_param = LogLogisticAFTFitter, "alpha_", "beta_"
+    fitter, scale_param, shape_param = "LogLogisticAFTFitter", "alpha_", "beta_"
 
     @staticmethod
     def _curve(z: np.ndarray) -> np.ndarray:
