@@ -234,3 +234,16 @@ def test_an_unreachable_tracking_server_is_one_error_line(tmp_path):
     assert len(lines) == 1, proc.stderr[-3000:]
     assert re.fullmatch(rf"churnlens score: error: the MLflow tracking server {url} cannot "
                         r"be reached .*MLFLOW_TRACKING_URI.*", lines[0]), lines[0]
+
+
+def test_a_server_that_refuses_names_the_refusal_and_the_credentials():
+    from mlflow.exceptions import RestException
+
+    from churnlens.training.tracking import _store_error
+
+    refusal = RestException({"error_code": "PERMISSION_DENIED",
+                             "message": "User 'ci' lacks READ on experiment 'churnlens'"})
+    text = _store_error("https://mlflow.internal", refusal)
+    assert text.startswith("the MLflow tracking server https://mlflow.internal refused: "
+                           "PERMISSION_DENIED: User 'ci' lacks READ")
+    assert "MLFLOW_TRACKING_TOKEN" in text and "MLFLOW_TRACKING_USERNAME" in text
