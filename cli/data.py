@@ -42,12 +42,19 @@ def add_commands(sub, parents) -> None:
     p.add_argument("--as-of", type=iso_date, metavar="DATE",
                    help="YYYY-MM-DD: features of every customer active on DATE (default: the "
                         "training set instead)")
-    p.add_argument("--source", type=existing_path, metavar="PATH",
+    p.add_argument("--source", type=_source_path, metavar="PATH",
                    help="data source folder or .duckdb file (default: data.source in the "
-                        "settings)")
-    p.add_argument("--out", type=Path, metavar="PATH",
+                        "settings); with --engine spark also hdfs://, s3a://, ...")
+    p.add_argument("--out", metavar="PATH",
                    help="output parquet (default: training_set.parquet, or with --as-of "
-                        "snapshots/features-DATE.parquet, under paths.work_dir: work/)")
+                        "snapshots/features-DATE.parquet, under paths.work_dir: work/); with "
+                        "--engine spark a dataset folder")
+    p.add_argument("--engine", choices=["local", "spark"], default="local",
+                   help="where the features are computed (spark: the snapshot, --as-of)")
+    p.add_argument("--master", metavar="URL", help="Spark master URL, with --engine spark "
+                                                   "(default: local mode on 127.0.0.1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --engine spark: replace an existing --out (refused without)")
     p.set_defaults(run=features)
 
 
@@ -69,7 +76,17 @@ def sample_data(args: argparse.Namespace) -> None:
         f"({rows}) in {time.perf_counter() - t0:.1f} s")
 
 
+def _source_path(text: str) -> Path | str:
+    """A source that exists, or a URI (hdfs://, s3a://) for Spark to read."""
+    return text if "://" in text else existing_path(text)
+
+
 def features(args: argparse.Namespace) -> None:
+    if args.engine == "spark":
+        return _features_spark(args)
+    if args.master or args.overwrite:
+        raise UsageError("--master and --overwrite need --engine spark")
+    args.out = None if args.out is None else Path(args.out)
     if args.out is not None and args.out.is_dir():
         raise UsageError(f"--out {args.out} is a folder; pass the parquet file to write")
     settings = settings_of(args)
@@ -100,6 +117,35 @@ def features(args: argparse.Namespace) -> None:
         say(f"note: {note}")
     _write_parquet(ff.frame, out)
     say(f"wrote {what} to {out} in {time.perf_counter() - t0:.1f} s")
+
+
+def _features_spark(args: argparse.Namespace) -> None:
+    """The snapshot on Spark (`churnlens.serving.spark_features`), written as a dataset."""
+    if not args.as_of:
+        raise UsageError("--engine spark builds the snapshot (--as-of DATE); the training "
+                         "set is built by the local engine")
+    settings = settings_of(args)
+    source = str(args.source or settings.data.source)
+    if "://" not in source and not Path(source).exists():
+        raise UsageError(f"data source {source} not found: write sample data with `churnlens "
+                         "sample-data`, or set data.source in params.yaml (or pass --source)")
+    from churnlens.serving.spark_features import spark_snapshot
+    from churnlens.serving.spark_job import session_for
+
+    out = args.out or str(Path(settings.paths.work_dir) / "snapshots"
+                          / f"features-{args.as_of}.parquet")
+    t0 = time.perf_counter()
+    spark, _ = session_for(args.master, log=say)
+    try:
+        snap = spark_snapshot(spark, source, args.as_of, settings, out,
+                              overwrite=args.overwrite, log=say)
+    finally:
+        spark.stop()
+    for note in snap.notes:
+        say(f"note: {note}")
+    say(f"wrote feature snapshot of {snap.customers:,} customers active on {args.as_of} (ids "
+        f"{snap.first} to {snap.last}) to the dataset {snap.out} in "
+        f"{time.perf_counter() - t0:.1f} s")
 
 
 def _build(ds, args: argparse.Namespace, settings):

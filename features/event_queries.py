@@ -167,8 +167,10 @@ def choose_event_types(con: duckdb.DuckDBPyConnection, events: str,
     """
     if fs.event_types_max == 0:
         return ()
+    # Ordered by the count's alias: Spark SQL (churnlens.serving.spark_features runs this
+    # too) allows no aggregate in the ORDER BY of a query with a window.
     rows = con.sql(f"""
-        SELECT event, count(*) / sum(count(*)) OVER () AS share FROM {events}
-        GROUP BY event ORDER BY count(*) DESC, event LIMIT {int(fs.event_types_max)}
+        SELECT event, count(*) AS n, count(*) / sum(count(*)) OVER () AS share FROM {events}
+        GROUP BY event ORDER BY n DESC, event LIMIT {int(fs.event_types_max)}
     """).fetchall()
-    return tuple(event for event, share in rows if share >= fs.event_types_min_share)
+    return tuple(event for event, _, share in rows if share >= fs.event_types_min_share)

@@ -142,9 +142,10 @@ def _run_locked(job, out: str, settings: Settings, spark, files: Files, log, pro
         todo = [c for c in chunks if c.index not in done]
         if todo:
             schemas = stage_sources(staged, settings.features, event_types_of(model.features),
-                                    staging)
+                                    staging, as_of)
             sql = to_spark_sql(feature_sql(settings.features, model.features, spine=CHUNK_SPINE,
-                                           daily=CHUNK_DAILY, sources=CHUNK_VIEWS))
+                                           daily=CHUNK_DAILY, sources=CHUNK_VIEWS,
+                                           one_cutoff=True))
             model_bytes = spark.sparkContext.broadcast(pickle.dumps(model))
             tasks = spark.sparkContext.defaultParallelism
             for i, chunk in enumerate(todo, 1):

@@ -16,6 +16,7 @@ import math
 import pandas as pd
 
 from churnlens.features.contract import TABLES
+from churnlens.features.event_queries import recent_days
 from churnlens.features.queries import events_daily_sql
 from churnlens.features.relations import Sources
 from churnlens.features.spine import cutoffs_sql, spine_sql
@@ -68,10 +69,13 @@ def stage_spine(spine, chunk_size: int, staging: str):
     return staged, chunks
 
 
-def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str) -> dict:
+def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str,
+                  as_of: pd.Timestamp) -> dict:
     """Write each contract table (the spine's customers only) and the daily event rollup of
-    EVENT_TYPES to STAGING/<name>, partitioned by chunk. Returns the schema of each staged
-    name (with the spine's), for `chunk_views`."""
+    EVENT_TYPES to STAGING/<name>, partitioned by chunk. The rollup holds only the days the
+    usage windows of AS_OF read, without running totals (`feature_sql(..., one_cutoff=True)`
+    reads recency from the events). Returns the schema of each staged name (with the
+    spine's), for `chunk_views`."""
     spark = staged_spine.sparkSession
     ids = staged_spine.select("customer_id", "chunk")
     schemas = {"spine": staged_spine.schema}
@@ -81,7 +85,8 @@ def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str) 
         rows.write.partitionBy("chunk").parquet(join(staging, table))
     read_staged(spark, staging, "events", schemas["events"]).drop("chunk") \
         .createOrReplaceTempView("staged_events")
-    daily = spark.sql(to_spark_sql(events_daily_sql(fs, "staged_events", event_types)))
+    daily = spark.sql(to_spark_sql(events_daily_sql(
+        fs, "staged_events", event_types, running_totals=False, where=recent_days(fs, as_of))))
     daily = daily.join(ids, "customer_id", "inner")
     schemas["events_daily"] = daily.schema
     daily.write.partitionBy("chunk").parquet(join(staging, "events_daily"))

@@ -147,7 +147,7 @@ def test_an_existing_output_needs_overwrite(env, spark, local_records, tmp_path,
     used = []
     real = spark_job.stage_sources
     monkeypatch.setattr(spark_job, "stage_sources",
-                        lambda spine, fs, types, at: used.append(at) or real(spine, fs, types, at))
+                        lambda spine, fs, types, at, *a: used.append(at) or real(spine, fs, types, at, *a))
     settings = Settings(data={"source": env.trained.source},
                         batch={"spark": {"staging": str(staging)}})
     first = run_batch(env.job(out, chunk_size=CHUNK, engine="spark"), settings,
@@ -165,3 +165,27 @@ def test_an_existing_output_needs_overwrite(env, spark, local_records, tmp_path,
     r = _spark(env, spark, out, overwrite=True)
     assert r.chunks_resumed == 0
     assert_same_records(_records(out), local_records, rel=1e-9)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_snapshot_on_spark_equals_the_local_snapshot(env, spark, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from churnlens.serving.spark_features import spark_snapshot
+    from tests.fixtures_model import AS_OF
+
+    out = str(tmp_path / "features")
+    snap = spark_snapshot(spark, str(env.trained.source), AS_OF, env.settings, out,
+                          log=lambda *_: None)
+    want, got = pd.read_parquet(env.trained.snapshot), pd.read_parquet(out)
+    assert snap.customers == len(want) == len(got) and list(got.columns) == list(want.columns)
+    assert got["customer_id"].tolist() == want["customer_id"].tolist()  # sorted as the local one
+    for name in want.columns:
+        if want[name].dtype == np.float64:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-9, err_msg=name)
+        else:  # categories locally, strings from Spark
+            assert got[name].astype(str).tolist() == want[name].astype(str).tolist(), name
+    with pytest.raises(BatchError, match=r"features exists: pass --overwrite"):
+        spark_snapshot(spark, str(env.trained.source), AS_OF, env.settings, out)
