@@ -149,7 +149,7 @@ def choose_files(entries: list[Entry], folder: str, report: LoadReport, *,
     for entry in entries:
         if entry in used:
             continue
-        why = ("a folder" if entry.is_dir and entry not in files
+        why = ("a folder" if entry.is_dir and (entry not in files or not entry.suffix)
                else "not a contract table" if entry in files
                else "not a .parquet or .csv file")
         report.unread.append(f"{entry.name} ({why})")

@@ -66,7 +66,6 @@ class SparkRunner(SqlRunner):
     def __init__(self, spark):
         self.spark = spark
         self.errors = spark_errors()
-        self.cached: dict[str, Any] = {}
 
     def frame(self, sql: str):
         """The Spark DataFrame of the DuckDB query SQL."""
@@ -95,9 +94,10 @@ class SparkRunner(SqlRunner):
 
     def define(self, name: str, sql: str, *, view: bool = False) -> None:
         frame = self.frame(sql)
-        if name == "load_daily":  # the loader's one helper table: small, read twice
-            frame = frame.cache()
-            self.cached[name] = frame
+        if name == "load_daily":
+            # The loader's one helper table, read twice: per table and day, so small; kept
+            # on the driver as DuckDB keeps it in a temporary table.
+            frame = self.spark.createDataFrame(frame.collect(), frame.schema)
         frame.createOrReplaceTempView(name)
 
     def delete(self, table: str, condition: str) -> None:
@@ -114,8 +114,6 @@ class SparkRunner(SqlRunner):
         return count
 
     def drop(self, name: str) -> None:
-        if name in self.cached:
-            self.cached.pop(name).unpersist()
         self.spark.catalog.dropTempView(name)
 
 

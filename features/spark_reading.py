@@ -105,8 +105,10 @@ def _read(spark, path: str, entry: Entry):
     is_csv = entry.suffix.lower() == ".csv"
     try:
         if is_csv:
+            # Parsed once and kept by the executors, as the local reader keeps a CSV in a
+            # table: every check would parse the text again otherwise.
             frame = (spark.read.option("header", "true").option("inferSchema", "false")
-                     .option("escape", '"').option("mode", "FAILFAST").csv(path))
+                     .option("escape", '"').option("mode", "FAILFAST").csv(path).persist())
             _check_utf8(frame, path)
             return frame
         return _nanos_as_timestamps(spark.read.parquet(path), entry)
