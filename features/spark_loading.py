@@ -132,7 +132,7 @@ class SparkDataSet:
     report: LoadReport
     shape: str = "subscriptions"
     churn_observable_from: pd.Timestamp | None = None
-    runner: SparkRunner = field(default=None, repr=False)  # type: ignore[assignment]
+    runner: SparkRunner | None = field(default=None, repr=False)  # the loader's SQL on spark
 
     def __post_init__(self):
         if self.runner is None:

@@ -44,6 +44,13 @@ def spark_errors() -> tuple[type[BaseException], ...]:
     return (PySparkException, Py4JJavaError)
 
 
+def _column(name: str):
+    """The column NAME of a frame, whatever its characters (dots, spaces, backticks)."""
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 def join(folder: str, name: str) -> str:
     """NAME inside FOLDER (a path or a URI), as the messages show it."""
     return f"{folder.rstrip('/')}/{name}"
@@ -129,11 +136,13 @@ def _nanos_as_timestamps(frame, entry: Entry):
               if table in TABLES else set())
     columns = []
     for field in frame.schema.fields:
+        column = _column(field.name)
         if isinstance(field.dataType, LongType) and field.name.strip().lower() in wanted:
-            seconds = F.timestamp_micros(F.floor(F.col(field.name) / 1000).cast("long"))
-            columns.append(seconds.cast("timestamp_ntz").alias(field.name))
-        else:
-            columns.append(F.col(field.name))
+            # Integer division (`/` would go through a double and lose nanoseconds), floored.
+            ident = "`" + field.name.replace("`", "``") + "`"
+            column = F.expr(f"timestamp_micros(({ident} - pmod({ident}, 1000)) div 1000)"
+                            ).cast("timestamp_ntz")
+        columns.append(column.alias(field.name))
     return frame.select(*columns)
 
 
@@ -144,7 +153,7 @@ def _check_utf8(frame, path: str) -> None:
     if any(REPLACEMENT in name for name in frame.columns):
         bad = True
     else:
-        holds = [F.instr(F.col(f"`{name}`"), REPLACEMENT) > 0 for name in frame.columns]
+        holds = [F.instr(_column(name), REPLACEMENT) > 0 for name in frame.columns]
         bad = bool(holds) and bool(frame.where(reduce(lambda a, b: a | b, holds)).limit(1).count())
     if bad:
         raise unreadable(path, UnicodeError("invalid utf-8: the file holds bytes Spark reads "
