@@ -100,6 +100,41 @@ def run_spark_batch(job, settings: Settings, log=print, progress: bool = True, s
                        time.perf_counter() - t0, currency, stats, drift)
 
 
+def _manifest(job, model, source: str, ds, as_of, chunks) -> dict:
+    """What identifies the job (the local job's manifest keys, `workdir.check_manifest`)."""
+    until = str(ds.observed_until.date())
+    return {"format": MANIFEST_FORMAT, "engine": "spark", "as_of": str(as_of.date()),
+            "model": {"uri": job.model_uri, **model.info_ref}, "source": _source_name(source),
+            "observed_until": until,
+            "data": {t: table_fingerprint(ds.spark, t) for t in TABLES} | {"observed_until": until},
+            "chunk_size": job.chunk_size, "customers": sum(c.count for c in chunks),
+            "chunks": [c.__dict__ for c in chunks]}
+
+
+def _score_todo(spark, todo, staged, staging: str, as_of, model, settings: Settings,
+                done: dict, work: str, files: Files, progress: bool) -> None:
+    """Stage the sources, then score and commit each chunk of TODO (its stats into DONE)."""
+    schemas = stage_sources(staged, settings.features, event_types_of(model.features),
+                            staging, as_of)
+    sql = to_spark_sql(feature_sql(settings.features, model.features, spine=CHUNK_SPINE,
+                                   daily=CHUNK_DAILY, sources=CHUNK_VIEWS, one_cutoff=True))
+    model_bytes = spark.sparkContext.broadcast(pickle.dumps(model))
+    tasks = spark.sparkContext.defaultParallelism
+    try:
+        for i, chunk in enumerate(todo, 1):
+            t = time.perf_counter()
+            chunk_views(spark, staging, chunk, schemas)
+            done[chunk.index] = score_chunk(spark.sql(sql), chunk, model_bytes, model, work,
+                                            files, tasks)
+            if progress:
+                seconds = time.perf_counter() - t
+                print(f"chunk {chunk.index} ({i}/{len(todo)}): {chunk.count:,} customers in "
+                      f"{seconds:.1f} s ({chunk.count / seconds:,.0f}/s)", file=sys.stderr,
+                      flush=True)
+    finally:
+        model_bytes.destroy()
+
+
 def _run_locked(job, out: str, settings: Settings, spark, files: Files, log, progress):
     from churnlens.features.spark_loading import load_source_spark
     from churnlens.serving.batch import load_model, parse_as_of
@@ -120,14 +155,7 @@ def _run_locked(job, out: str, settings: Settings, spark, files: Files, log, pro
         if not chunks:
             raise BatchError(f"no customer is active as of {as_of.date()}; pick a date inside "
                              f"the data (it ends {ds.observed_until.date()})")
-        manifest = {
-            "format": MANIFEST_FORMAT, "engine": "spark", "as_of": str(as_of.date()),
-            "model": {"uri": job.model_uri, **model.info_ref}, "source": _source_name(source),
-            "observed_until": str(ds.observed_until.date()),
-            "data": {t: table_fingerprint(spark, t) for t in TABLES}
-            | {"observed_until": str(ds.observed_until.date())},
-            "chunk_size": job.chunk_size, "customers": sum(c.count for c in chunks),
-            "chunks": [c.__dict__ for c in chunks]}
+        manifest = _manifest(job, model, source, ds, as_of, chunks)
         work, done, finished = open_output(files, out, manifest, resume=job.resume,
                                            overwrite=job.overwrite, log=log)
         if finished is not None:
@@ -141,24 +169,8 @@ def _run_locked(job, out: str, settings: Settings, spark, files: Files, log, pro
         resumed = len(done)
         todo = [c for c in chunks if c.index not in done]
         if todo:
-            schemas = stage_sources(staged, settings.features, event_types_of(model.features),
-                                    staging, as_of)
-            sql = to_spark_sql(feature_sql(settings.features, model.features, spine=CHUNK_SPINE,
-                                           daily=CHUNK_DAILY, sources=CHUNK_VIEWS,
-                                           one_cutoff=True))
-            model_bytes = spark.sparkContext.broadcast(pickle.dumps(model))
-            tasks = spark.sparkContext.defaultParallelism
-            for i, chunk in enumerate(todo, 1):
-                t = time.perf_counter()
-                chunk_views(spark, staging, chunk, schemas)
-                done[chunk.index] = score_chunk(spark.sql(sql), chunk, model_bytes, model,
-                                                work, files, tasks)
-                if progress:
-                    seconds = time.perf_counter() - t
-                    print(f"chunk {chunk.index} ({i}/{len(todo)}): {chunk.count:,} customers "
-                          f"in {seconds:.1f} s ({chunk.count / seconds:,.0f}/s)",
-                          file=sys.stderr, flush=True)
-            model_bytes.destroy()
+            _score_todo(spark, todo, staged, staging, as_of, model, settings, done, work, files,
+                        progress)
         stats = merge_stats([done[c.index] for c in chunks])
         drift = drift_report(stats, model.reference, job.psi_threshold)
         drift.update(as_of=manifest["as_of"], model=manifest["model"],

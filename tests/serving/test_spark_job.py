@@ -20,11 +20,13 @@ from tests.fixtures_model import TrainedEnv
 from tests.serving.test_batch import Env, assert_same_records, batch_env
 
 ROOT = Path(__file__).resolve().parents[2]
-# Calls that bring rows to the driver, and the one function allowed to make them: it bounds
-# what it fetches (`small_rows`).
+# Calls that bring rows to the driver, and the functions allowed to make them: the job's
+# `small_rows` bounds what it fetches; the loader's runner fetches its rules' counts and
+# examples (`rows`) and the per-day record counts of its extent check (`define`).
 FETCHES = {"collect", "toPandas", "toArrow", "take", "head", "first", "tail",
            "toLocalIterator", "collectAsList", "takeAsList"}
-ALLOWED = {("spark_sql.py", "small_rows")}
+ALLOWED = {("spark_sql.py", "small_rows"), ("spark_loading.py", "rows"),
+           ("spark_loading.py", "define")}
 CHUNK = 500
 
 needs_spark = pytest.mark.skipif(
@@ -49,13 +51,15 @@ def _fetches(path: Path) -> list[tuple[str, str, int]]:
 
 
 def test_no_records_reach_the_driver():
-    files = sorted((ROOT / "serving").glob("spark*.py"))
+    files = [*sorted((ROOT / "serving").glob("spark*.py")), ROOT / "features" / "spark_loading.py"]
     assert {f.name for f in files} >= {"spark.py", "spark_job.py", "spark_score.py",
-                                       "spark_sql.py", "spark_stage.py", "spark_output.py"}
+                                       "spark_sql.py", "spark_stage.py", "spark_output.py",
+                                       "spark_features.py", "spark_loading.py"}
     seen = {(f.name, owner, call, line) for f in files for owner, call, line in _fetches(f)}
     allowed = {s for s in seen if (s[0], s[1]) in ALLOWED}
     assert allowed, "small_rows no longer fetches: update ALLOWED"
     assert seen - allowed == set(), "fetch rows through spark_sql.small_rows (bounded)"
+    assert {s[0] for s in allowed} == {"spark_sql.py", "spark_loading.py"}
 
 
 def test_the_code_check_finds_a_collect(tmp_path):
