@@ -62,6 +62,27 @@ def test_no_records_reach_the_driver():
     assert {s[0] for s in allowed} == {"spark_sql.py", "spark_loading.py"}
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["score", "--as-of", "2026-10-31", "--out", "s", "--resume", "--overwrite"],
+     r"argument --overwrite: not allowed with argument --resume"),
+    (["features", "--engine", "spark"],
+     r"--engine spark builds the snapshot \(--as-of DATE\); the training set is built by"),
+    (["features", "--overwrite"], r"--master and --overwrite need --engine spark"),
+])
+def test_spark_options_are_checked_before_spark_starts(argv, message, capsys, tmp_path,
+                                                       monkeypatch):
+    import re
+
+    from churnlens.cli.app import main
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    assert status == 2 and re.search(message, capsys.readouterr().err)
+
+
 def test_the_code_check_finds_a_collect(tmp_path):
     bad = tmp_path / "spark_bad.py"
     bad.write_text("def records(df):\n    return df.where('x').toPandas()\n")
