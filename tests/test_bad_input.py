@@ -52,6 +52,9 @@ from tests.bad_sources import (
 )
 from tests.test_cli_errors import run_cli
 
+# Each case runs the CLI on a broken source as a fresh process: make test, not test-fast.
+pytestmark = pytest.mark.slow
+
 AS_OF = "2026-10-01"
 
 

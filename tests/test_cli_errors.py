@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# Every case is a fresh CLI process (about a second of imports each): make test only.
+pytestmark = pytest.mark.slow
+
 AS_OF = "2026-10-31"
 HEX_ID = "0123456789abcdef0123456789abcdef"
 

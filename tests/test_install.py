@@ -24,6 +24,9 @@ import pytest
 
 from tests.serving.conftest import free_port, stop_server, wait_ready
 
+# Builds a wheel and runs the installed CLI in fresh processes: make test, not test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_FOLDERS = {"churnlens": "churnlens", "features": "churnlens/features",
                   "training": "churnlens/training", "serving": "churnlens/serving",

@@ -219,6 +219,7 @@ def test_nothing_is_tracked_in_the_working_folder(flow):
     assert "mlflow.db" not in flow.out["train"]  # no `mlflow ui` hint for a local store
 
 
+@pytest.mark.slow  # a CLI process that imports MLflow: make test, not test-fast
 def test_an_unreachable_tracking_server_is_one_error_line(tmp_path):
     # A port nobody listens on; no retries, so the refusal comes at once.
     with socket.socket() as s:

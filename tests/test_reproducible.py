@@ -16,6 +16,9 @@ from churnlens.cli import main
 from churnlens.features.sample import generate_sample, write_sample
 from tests.fixtures_model import AS_OF
 
+# Runs `features` and `score` twice as processes: make test, not test-fast.
+pytestmark = pytest.mark.slow
+
 # Enough customers that the events span several DuckDB row groups (122,880 rows each), so
 # that several threads hold partial sums of one customer's rows.
 CUSTOMERS = 3000

@@ -15,6 +15,9 @@ from churnlens.serving.core import (
 )
 from churnlens.training.tracking import load_bundle
 
+# Scores the session's trained model (trained_env): not in the inner loop (make test-fast).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def model_and_rows(trained_env):
