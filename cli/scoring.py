@@ -88,6 +88,9 @@ def score(args: argparse.Namespace) -> None:
     if args.master and args.engine != "spark":
         raise UsageError("--master needs --engine spark")
     spark = args.engine == "spark"
+    if spark and args.notify:
+        raise UsageError("--notify reads the whole score file on this machine: use it with "
+                         "the local engine (the spark engine writes a dataset on the cluster)")
     if not spark and Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a folder; pass the parquet file to write")
     settings = settings_of(args)

@@ -68,6 +68,8 @@ def test_no_records_reach_the_driver():
     (["features", "--engine", "spark"],
      r"--engine spark builds the snapshot \(--as-of DATE\); the training set is built by"),
     (["features", "--overwrite"], r"--master and --overwrite need --engine spark"),
+    (["score", "--as-of", "2026-10-31", "--out", "s", "--engine", "spark", "--notify",
+      "https://hooks.example.com/x"], r"--notify reads the whole score file on this machine"),
 ])
 def test_spark_options_are_checked_before_spark_starts(argv, message, capsys, tmp_path,
                                                        monkeypatch):
