@@ -17,6 +17,9 @@ from churnlens.features.catalog import SourceContents, feature_list
 from churnlens.features.loading import load_source
 from churnlens.settings import Settings
 
+# Builds the sample's features once per mutated copy of the data: make test, not test-fast.
+pytestmark = pytest.mark.slow
+
 DAY0 = pd.Timestamp("2024-01-01")
 CUSTOMERS = ["a", "b", "c"]
 END = "2025-06-01"

@@ -15,6 +15,9 @@ import sys
 
 import pytest
 
+# Fresh interpreters that import the whole server: make test, not test-fast.
+pytestmark = pytest.mark.slow
+
 FIT_ONLY = ("sklearn", "lifelines", "scipy.stats", "duckdb", "mlflow", "matplotlib")
 
 PROBE = """
@@ -22,6 +25,7 @@ import json, os, pickle, sys
 from churnlens.serving.startup import import_lightgbm_alone, check_snapshot_file
 import_lightgbm_alone()
 import churnlens.serving.service
+
 if len(sys.argv) > 1:
     from churnlens.serving.core import score_records
     with open(sys.argv[1], "rb") as fh:
@@ -43,7 +47,6 @@ def test_the_server_imports_nothing_that_only_fitting_needs():
     assert imported_after() == []
 
 
-@pytest.mark.slow
 def test_a_trained_model_unpickles_without_them(trained_env, tmp_path):
     import mlflow
 

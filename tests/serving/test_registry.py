@@ -6,6 +6,9 @@ import pytest
 
 from churnlens.serving import registry
 
+# A real MLflow SQLite store with registered versions: make test, not test-fast.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):

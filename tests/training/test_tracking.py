@@ -16,6 +16,9 @@ from churnlens.settings import MlflowSettings
 from churnlens.training.progress import Stages, quiet_third_party
 from churnlens.training.tracking import EXPERIMENT_KIND, configure, log_datasets, runs_page
 
+# Real MLflow runs in a local store (about 10 s of imports and store set-up): make test only.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture()
 def store(tmp_path, monkeypatch):
