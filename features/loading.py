@@ -7,6 +7,9 @@ Every problem raises `DataError` naming the table, the column, how many rows and
 example customer ids; rows set aside (dated after the load time or the end of the data,
 exact duplicate payments) are counted, and suspicious records are reported with what was
 done (`churnlens.features.suspicious`). Where the data end: `churnlens.features.extent`.
+
+The rules run on a `churnlens.features.sql_runner.SqlRunner` (`validate`): DuckDB here,
+Spark in `churnlens.features.spark_loading`, one SQL text for both.
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ definition of its temp view over the previous one (Spark's temp views are immuta
 messages, the report and the rows kept are those of the local loader; only counts, a few
 example ids and per-day counts reach the driver.
 
+Where the engines still differ is in their own functions, not in the rules: Spark's cast
+of text to a timestamp accepts '2024', '2024-01' and surrounding spaces and refuses
+'2024/01/05' (DuckDB the other way round); to a number it accepts '1.5d' and refuses
+'1_000'; a number that is not finite shows as 'Infinity' / 'NaN' in a message (DuckDB:
+'inf' / 'nan'); CSV is read comma-separated (DuckDB detects the delimiter) and a quoted
+value may not span lines.
+
 Needs pyspark (``pip install -e .[spark]``), imported only when called.
 """
 

@@ -104,6 +104,7 @@ def one_late_event(t: Tables) -> Tables:
     return t
 
 
+@pytest.mark.slow  # two whole loads, one on Spark (about 60-90 s on the shared machine)
 def test_the_sample_loads_alike(spark, sample, tmp_path):
     tables = one_late_event(copy(sample))
     files = write(tables, tmp_path / "files")
@@ -137,6 +138,7 @@ def messy(t: Tables) -> Tables:
     return t
 
 
+@pytest.mark.slow  # two whole loads, one on Spark
 def test_set_asides_and_repairs_load_alike_from_csv(spark, sample, tmp_path):
     source = write(messy(copy(sample)), tmp_path / "source", "csv")
     (source / "tickets.csv").rename(source / "Tickets.csv")
