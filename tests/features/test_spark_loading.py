@@ -41,7 +41,9 @@ pytest.importorskip("pyspark")
 from churnlens.features.spark_loading import load_source_spark  # noqa: E402
 from churnlens.serving.spark import java_missing, spark_session  # noqa: E402
 
-pytestmark = pytest.mark.skipif(java_missing() is not None, reason=str(java_missing()))
+# A Spark session and a query per rule (a second or more each): make test, not test-fast.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(java_missing() is not None, reason=str(java_missing()))]
 
 NOW = pd.Timestamp("2026-12-01")  # the load time of every load here
 
