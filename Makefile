@@ -37,8 +37,9 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# The inner loop: everything but the end-to-end tests that train a model or start a server,
-# one test file per core at a time (module fixtures are built once).
+# The inner loop: unit and property tests only; what trains a model, starts a server, runs
+# the CLI as a process, starts Spark or opens a real MLflow store is marked slow and left to
+# `make test`. One test file per core at a time (module fixtures are built once).
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile

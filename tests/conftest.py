@@ -12,7 +12,10 @@ pytest_plugins = ["tests.fixtures_model"]
 # order after these.
 LONGEST_FIRST = (
     "tests/training/test_pipeline.py",  # slow only: two trainings, 20,000 + 3,000 customers
+    "tests/serving/test_spark_cluster.py",  # slow only: a standalone cluster, three Spark jobs
     "tests/test_shapes_e2e.py",  # slow only: three CLI trainings
+    "tests/serving/test_spark_job.py",  # slow: Spark jobs in local mode
+    "tests/features/test_spark_loading.py",  # slow: a Spark query per loader rule
     "tests/test_mlflow_server.py",  # slow only: an MLflow server, one CLI training
     "tests/serving/test_core.py",  # builds the trained model (the fast suite's longest)
     "tests/test_cli_errors.py",
