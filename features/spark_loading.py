@@ -3,7 +3,7 @@
 `load_source_spark` reads the source folder with `spark.read` (`churnlens.features.
 spark_reading`) and runs `churnlens.features.loading.validate`, the one sequence of rules
 `load_source` runs, on a `SparkRunner`: each rule's DuckDB SQL is translated to Spark SQL
-(sqlglot, `churnlens.serving.spark.to_spark_sql`), and a change to a table is a new
+(sqlglot, `churnlens.features.spark_dialect.to_spark_sql`), and a change to a table is a new
 definition of its temp view over the previous one (Spark's temp views are immutable). The
 messages, the report and the rows kept are those of the local loader; only counts, a few
 example ids and per-day counts reach the driver.
@@ -58,7 +58,7 @@ def spark_sql(sql: str) -> str:
     """The loader's DuckDB SQL as Spark SQL (the feature SQL's translation, plus isfinite)."""
     import sqlglot
 
-    from churnlens.serving.spark import to_spark_sql
+    from churnlens.features.spark_dialect import to_spark_sql
 
     return to_spark_sql(sqlglot.parse_one(sql, read="duckdb").transform(_finite)
                         .sql(dialect="duckdb"))

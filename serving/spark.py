@@ -10,57 +10,19 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from functools import lru_cache
 
+from churnlens.features.spark_dialect import TranslationError
+from churnlens.features.spark_dialect import to_spark_sql as translate
 from churnlens.serving.chunks import BatchError
 
 
-@lru_cache(maxsize=1)
-def _spark_dialect():
-    from sqlglot.dialects.spark import Spark
-
-    class SparkNestedCtes(Spark):
-        """Spark 3+ accepts WITH inside subqueries; sqlglot's Spark (from Hive) hoists them
-        to the top, where the inner names of the feature SQL's parts could clash."""
-
-        class Generator(Spark.Generator):
-            EXPRESSIONS_WITHOUT_NESTED_CTES: set = set()
-
-    return SparkNestedCtes
-
-
-def _duckdb_semantics(node):
-    """Rewrite one DuckDB expression whose Spark translation would change its result."""
-    from sqlglot import exp
-
-    if isinstance(node, exp.DataType) and node.this == exp.DataType.Type.UBIGINT:
-        # Bit masks: a signed 64-bit long holds the same bits (Spark has no unsigned types).
-        return exp.DataType.build("BIGINT")
-    if isinstance(node, exp.Div):
-        # DuckDB's `/` is floating-point; Spark would use DECIMAL for 86400.0 and round.
-        # Changed in place: a returned new node would not have its children rewritten.
-        node.set("this", exp.cast(node.this, "DOUBLE"))
-        return node
-    if isinstance(node, exp.DateDiff):
-        unit = node.unit.name.upper() if node.unit else "DAY"
-        if unit == "SECOND":
-            # DuckDB counts second boundaries crossed (floor b - floor a); Spark's datediff
-            # truncates the difference. unix_seconds floors, which is DuckDB's count.
-            def secs(e):
-                return exp.func("unix_seconds", exp.cast(e, "TIMESTAMP"))
-            return exp.Paren(this=exp.Sub(this=secs(node.this), expression=secs(node.expression)))
-        if unit != "MICROSECOND":
-            raise BatchError(f"date_diff('{unit.lower()}', ...) has no exact Spark translation "
-                             "here; use 'second' or 'microsecond' in features/queries.py")
-    return node
-
-
 def to_spark_sql(sql: str) -> str:
-    """Translate feature SQL from DuckDB to Spark SQL (sqlglot), keeping DuckDB's results."""
-    import sqlglot
-
-    tree = sqlglot.parse_one(sql, read="duckdb").transform(_duckdb_semantics)
-    return tree.sql(dialect=_spark_dialect())
+    """Feature SQL from DuckDB to Spark SQL (`churnlens.features.spark_dialect`); BatchError
+    for an expression that cannot keep DuckDB's result."""
+    try:
+        return translate(sql)
+    except TranslationError as exc:
+        raise BatchError(str(exc)) from None
 
 
 def java_missing() -> str | None:
