@@ -67,6 +67,7 @@ def test_expected_ltv_errors(survival, revenue, rate, match):
         expected_ltv(survival, revenue, 365, rate)
 
 
+@pytest.mark.slow  # fits the survival models on the 4,000-customer sample (23 s)
 def test_expected_ltv_ranks_realised_revenue_on_sample_data(survival_sample):
     _, frame, _, _, _, model = survival_sample
     # The last two cutoffs whose 365-day revenue is observed; the model was trained only on

@@ -171,6 +171,7 @@ def test_other_misuse_is_rejected(weibull):
         weibull.expected_remaining_days(GRID_X, cap_days=0)
 
 
+@pytest.mark.slow  # fits the survival models on the 4,000-customer sample (23 s)
 def test_sample_data_concordance_and_brier_beat_the_baseline(survival_sample):
     *_, train, _, test, model = survival_sample
     grid = np.arange(0.0, 366.0, 5.0)
@@ -185,6 +186,7 @@ def test_sample_data_concordance_and_brier_beat_the_baseline(survival_sample):
     assert m["integrated_brier"] < baseline["integrated_brier"]
 
 
+@pytest.mark.slow  # fits the survival models on the 4,000-customer sample (23 s)
 def test_scores_do_not_depend_on_the_customer_id_or_unseen_levels(survival_sample):
     *_, test, model = survival_sample
     rows = test.iloc[:50]
