@@ -11,7 +11,6 @@ needs ``--overwrite``. Nothing but counts reaches the driver.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pandas as pd
@@ -100,11 +99,5 @@ def spark_snapshot(spark, source: str, as_of: str, settings: Settings, out: str,
     found = small_rows(spark.read.parquet(tmp).selectExpr(
         "count(*) AS n", "min(customer_id) AS first", "max(customer_id) AS last"),
         "the snapshot's size")[0]
-    if files.exists(out):
-        aside = sibling(out, f".{os.getpid()}-old")
-        files.rename(out, aside)
-        files.rename(tmp, out)
-        files.delete(aside)
-    else:
-        files.rename(tmp, out)
+    files.replace(tmp, out)
     return Snapshot(out, int(found["n"]), found["first"], found["last"], notes)

@@ -79,6 +79,17 @@ class Files:
             raise BatchError(f"could not rename {src} to {dst} (does {dst} exist, or is it "
                              "on another file system?); delete it or pick another --out")
 
+    def replace(self, src: str, out: str) -> None:
+        """Put the finished folder SRC at OUT: an existing OUT is moved aside first and
+        deleted only once SRC is in place, so OUT is never missing a whole dataset."""
+        if self.exists(out):
+            aside = sibling(out, f".{os.getpid()}-old")
+            self.rename(out, aside)
+            self.rename(src, out)
+            self.delete(aside)
+        else:
+            self.rename(src, out)
+
     def write_json(self, path: str, data: dict) -> None:
         """DATA as JSON at PATH, written under a temporary name and renamed."""
         tmp = sibling(path, f".{os.getpid()}.tmp")

@@ -132,10 +132,4 @@ def publish(files: Files, out: str, work: str, final: dict, drift: dict, drift_a
     files.write_json(join(work, MANIFEST), final)
     files.write_json(join(work, "_SUCCESS"), {})
     files.write_json(drift_at, drift)
-    if files.exists(out):
-        aside = sibling(out, f".{os.getpid()}-old")
-        files.rename(out, aside)
-        files.rename(work, out)
-        files.delete(aside)
-    else:
-        files.rename(work, out)
+    files.replace(work, out)

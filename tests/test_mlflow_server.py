@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.serving.conftest import free_port, stop_server, wait_ready
+from tests.serving.conftest import free_port, group_alive, stop_server, wait_ready
 
 CUSTOMERS = 800  # the smallest base seen to clear the promotion floor (seed 3: AUC 0.85)
 SEED = 3
@@ -44,14 +44,6 @@ class TrackingServer:
     root: Path  # its backend store (mlflow.db) and artifact destination (artifacts/)
     proc: subprocess.Popen
     log: Path
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def start_tracking_server(root: Path, port: int) -> subprocess.Popen:

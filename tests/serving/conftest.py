@@ -31,6 +31,15 @@ class Server:
     log: Path
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group PGID is still running."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

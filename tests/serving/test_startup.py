@@ -22,7 +22,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.serving.conftest import free_port, wait_ready
+from tests.serving.conftest import free_port, group_alive, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +44,6 @@ def serve(env: dict, port: int, log: Path, *args: str) -> subprocess.Popen:
             [sys.executable, "-m", "churnlens.cli", "serve", "--port", str(port), *args],
             env=env, cwd=env["HOME"], stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def port_free(port: int) -> bool:
