@@ -106,7 +106,8 @@ def resolve_local(uri: str, store: str) -> Resolved | None:
     except sqlite3.Error:
         return None
     try:
-        if not _recognised(con):
+        location = _location_column(con)
+        if location is None:
             return None
         if alias:
             found = con.execute("SELECT version FROM registered_model_aliases WHERE name = ? "
@@ -115,7 +116,7 @@ def resolve_local(uri: str, store: str) -> Resolved | None:
             if found is None:
                 raise NotRegistered(f"Registered model alias {alias} not found.")
             version = str(found[0])
-        row = con.execute(f"SELECT version, run_id, {_location(con)} FROM model_versions "
+        row = con.execute(f"SELECT version, run_id, {location} FROM model_versions "
                           "WHERE name = ? AND "
                           "version = ? AND current_stage IS NOT ? AND workspace = 'default'",
                           (name, int(version), DELETED)).fetchone()
@@ -128,21 +129,17 @@ def resolve_local(uri: str, store: str) -> Resolved | None:
     return Resolved(name, str(row[0]), row[1], row[2])
 
 
-def _location(con: sqlite3.Connection) -> str:
-    """The storage_location column where the schema has it (MLflow 3), else NULL."""
-    columns = {row[1] for row in con.execute("PRAGMA table_info(model_versions)")}
-    return "storage_location" if "storage_location" in columns else "NULL"
-
-
-def _recognised(con: sqlite3.Connection) -> bool:
-    """Whether CON holds MLflow's registry tables with the columns read here."""
+def _location_column(con: sqlite3.Connection) -> str | None:
+    """What to select for a version's artifacts: storage_location where the schema has
+    it (MLflow 3), else NULL; None when CON lacks MLflow's registry tables or the columns
+    read here (each table's columns are read once)."""
     wanted = {"model_versions": {"name", "version", "run_id", "current_stage", "workspace"},
               "registered_model_aliases": {"name", "alias", "version", "workspace"}}
-    for table, columns in wanted.items():
-        found = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
-        if not columns <= found:
-            return False
-    return True
+    found = {table: {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+             for table in wanted}
+    if any(not columns <= found[table] for table, columns in wanted.items()):
+        return None
+    return "storage_location" if "storage_location" in found["model_versions"] else "NULL"
 
 
 def resolve_remote(uri: str, store: str, timeout_s: float) -> Resolved | None:

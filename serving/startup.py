@@ -177,7 +177,8 @@ def _start_fetch(config: ServeConfig, columns: list[str]) -> ModelFetch:
 
 def missing_features(columns: list[str], features, path: str | None) -> str | None:
     """The start-up message when the snapshot's COLUMNS lack some of the model's FEATURES."""
-    missing = [name for name in features if name not in set(columns)]
+    present = set(columns)
+    missing = [name for name in features if name not in present]
     if not missing:
         return None
     return misfit(path, f"missing feature column(s): {', '.join(missing)}")
