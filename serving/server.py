@@ -38,8 +38,13 @@ def bind(host: str, port: int) -> socket.socket:
     except ValueError:
         raise StartupError(f"--host {host!r} is not an IP address (e.g. 127.0.0.1 or "
                            "0.0.0.0)") from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says
+    # TCP, and without it Nagle's algorithm held each response's body until the client's
+    # delayed ACK of its headers (40 ms a call). The listening socket's option is inherited
+    # by the connections it accepts.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -250,3 +250,21 @@ def test_host_beyond_loopback_without_a_key_warns(env, trained_env, tmp_path):
                           timeout=120)
     assert "warning: listening on 0.0.0.0 without an API key" in done.stderr
     assert done.returncode == 2
+
+
+def test_connections_of_the_listening_socket_send_without_nagle_delay():
+    """The socket `serve` listens on names TCP as its protocol (asyncio switches Nagle's
+    algorithm off only for such sockets) and passes TCP_NODELAY to what it accepts: with
+    Nagle on, a response's body waited for the client's delayed ACK, 40 ms a call."""
+    from churnlens.serving.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        sock.listen()
+        with socket.create_connection(sock.getsockname()):
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.proto == socket.IPPROTO_TCP
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
