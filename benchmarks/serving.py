@@ -52,6 +52,7 @@ def load_main(argv: list[str]) -> None:
     p.add_argument("--url", required=True)
     p.add_argument("--ids", required=True, help="JSON file with customer ids")
     p.add_argument("--page", type=int, default=0, help="customers per call; 0: single calls")
+    p.add_argument("--get", help="GET this path instead of scoring (the HTTP stack's floor)")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--rate", type=float, default=0.0, help="calls/s (open loop); 0: closed")
     p.add_argument("--seconds", type=float, required=True)
@@ -88,7 +89,9 @@ async def _drive(args, ids: list[str]) -> dict:
             t0 = time.perf_counter()
             try:
                 route = "/score_page" if args.page else "/score_customer"
-                async with client.post(route, json=body) as response:
+                request = (client.get(args.get) if args.get else
+                           client.post(route, json=body))
+                async with request as response:
                     await response.read()
                     ok = response.status == 200
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -134,7 +137,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, port: int, log) -> subprocess.Popen:
+def start_server(args, port: int, log, pycache: str | None = None) -> subprocess.Popen:
+    """`churnlens serve` on PORT; with PYCACHE, Python reads and writes bytecode under that
+    folder (PYTHONPYCACHEPREFIX) even where PYTHONDONTWRITEBYTECODE is set."""
     cmd = [sys.executable, "-m", "churnlens.cli", "--params", args.params, "serve",
            "--port", str(port)]
     if args.model_uri:
@@ -143,13 +148,16 @@ def start_server(args, port: int, log) -> subprocess.Popen:
         cmd += ["--snapshot", args.snapshot]
     env = {k: v for k, v in os.environ.items() if k != "CHURNLENS_API_KEY"}
     env.update({"BENTOML_DO_NOT_TRACK": "True", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    if pycache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = pycache
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180,
-               t0: float | None = None) -> float:
-    """Seconds from T0 (default: now) until URL's /readyz answers 200."""
+               t0: float | None = None, path: str = "/readyz") -> float:
+    """Seconds from T0 (default: now) until URL's PATH answers 200."""
     import httpx
 
     t0 = time.perf_counter() if t0 is None else t0
@@ -157,7 +165,7 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180,
         if proc.poll() is not None:
             raise SystemExit(f"server exited with status {proc.returncode}; see its log")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return time.perf_counter() - t0
         except httpx.TransportError:
             pass
@@ -184,12 +192,13 @@ def tree_rss(pid: int) -> int:
 
 
 def run_load(url: str, ids_file: str, server_pid: int, seconds: float, page: int = 0,
-             concurrency: int = 1, rate: float = 0.0, sample_every: float = 0.5) -> dict:
+             concurrency: int = 1, rate: float = 0.0, sample_every: float = 0.5,
+             get: str | None = None) -> dict:
     """One scenario in a separate load process, sampling the server's memory meanwhile."""
     out = Path(ids_file).with_name("load.json")
     cmd = [sys.executable, __file__, "load", "--url", url, "--ids", ids_file,
            "--page", str(page), "--concurrency", str(concurrency), "--rate", str(rate),
-           "--seconds", str(seconds), "--out", str(out)]
+           "--seconds", str(seconds), "--out", str(out), *(["--get", get] if get else [])]
     proc = subprocess.Popen(cmd)
     t0, memory = time.perf_counter(), []
     while proc.poll() is None:
@@ -198,42 +207,6 @@ def run_load(url: str, ids_file: str, server_pid: int, seconds: float, page: int
     if proc.returncode != 0:
         raise SystemExit(f"load process failed with status {proc.returncode}")
     return {**json.loads(out.read_text()), "memory": memory}
-
-
-# ---------------------------------------------------------------- figures
-
-
-def summarise(name: str, result: dict, page: int, concurrency: int) -> dict:
-    import numpy as np
-
-    lat = np.asarray(result["latencies"]) * 1000
-    calls = len(lat)
-    p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99)) if calls else (0,) * 3
-    rps = calls / result["seconds"]
-    return {"scenario": name, "concurrency": concurrency, "customers_per_call": max(page, 1),
-            "calls": calls, "failed": result["failed"], "errors": result["errors"],
-            "seconds": round(result["seconds"], 1), "calls_per_s": round(rps, 1),
-            "customers_per_s": round(rps * max(page, 1), 1),
-            "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
-            "peak_rss_mb": round(max(m for _, m in result["memory"]) / 2**20, 1),
-            "client_cpu_ms_per_call": round(1000 * result.get("client_cpu_s", 0)
-                                            / max(1, result.get("total_calls", calls)), 2)}
-
-
-def soak_figures(result: dict, warmup_s: float) -> dict:
-    """Memory growth after warm-up: median RSS of the last minute vs the first after it."""
-    import numpy as np
-
-    mem = [(t, m) for t, m in result["memory"] if t >= warmup_s]
-    window = max(1, min(60, len(mem) // 4))
-    seconds = len(mem) and mem[-1][0] - mem[0][0]
-    base = float(np.median([m for _, m in mem[:window]]))
-    end = float(np.median([m for _, m in mem[-window:]]))
-    return {"warmup_s": warmup_s, "measured_s": round(seconds, 1),
-            "rss_after_warmup_mb": round(base / 2**20, 1), "rss_end_mb": round(end / 2**20, 1),
-            "rss_max_mb": round(max(m for _, m in mem) / 2**20, 1),
-            "memory_growth_pct": round(100 * (end - base) / base, 2),
-            "rss_timeline_mb": [(t, round(m / 2**20, 1)) for t, m in result["memory"][::10]]}
 
 
 # ---------------------------------------------------------------- main
@@ -273,6 +246,8 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=float, default=20, help="soak calls per second")
     parser.add_argument("--soak-warmup", type=float, default=30,
                         help="seconds of the soak before memory growth is measured")
+    parser.add_argument("--pycache-prefix", help="also time --starts starts with Python's "
+                        "bytecode cached in this folder (as an installed package has it)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
@@ -286,40 +261,67 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ids_file = Path(tmp) / "ids.json"
         ids_file.write_text(json.dumps(ids))
-        starts = []
-        for n in range(args.starts):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            log_path = Path(tmp) / f"server-{n}.log"
-            log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
-            load_avg = [round(x, 2) for x in os.getloadavg()]
-            server = start_server(args, port, log)
-            last = n == args.starts - 1
-            try:
-                ready_s = wait_ready(server, url)
-                starts.append({"ready_s": round(ready_s, 2), "load_avg": load_avg,
-                               "log": _startup_line(log_path)})
-                print(f"start {n + 1}: ready in {ready_s:.1f} s (load {load_avg[0]})",
-                      flush=True)
-                if last:
-                    report = measure(args, url, str(ids_file), server, starts)
-            except BaseException:
-                print(log_path.read_text()[-3000:], file=sys.stderr)
-                raise
-            finally:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=30)
-                log.close()
-    from serving_report import bare_model, markdown
+        cached = []
+        if args.pycache_prefix:  # one start fills the bytecode cache; it is not counted
+            one_start(args, tmp, "fill", args.pycache_prefix)
+            cached = [one_start(args, tmp, f"bytecode-{n}", args.pycache_prefix)[0]
+                      for n in range(args.starts)]
+        starts = [one_start(args, tmp, n)[0] for n in range(args.starts - 1)]
+        last, report = one_start(args, tmp, args.starts - 1, then=lambda url, server: measure(
+            args, url, str(ids_file), server))
+        starts.append(last)
+    report.update(ready_s=_median_ready(starts), starts=starts, bytecode=bytecode_state(),
+                  ready_bytecode_s=_median_ready(cached), starts_bytecode=cached)
+    from serving_report import bare_model, markdown, verdicts
 
     store = os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow.tracking_uri or \
         f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     report["bare"] = bare_model(args.model_uri or f"models:/{settings.mlflow.model_name}"
                                                   "@champion", snapshot, store)
+    report["targets"] = verdicts(report)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / "serving.md").write_text(markdown(report))
     print(markdown(report))
+
+
+def one_start(args, tmp: str, n, pycache: str | None = None, then=None) -> tuple[dict, object]:
+    """Start a server (PYCACHE: see `start_server`) and time it to ready; THEN(url, server)
+    runs while it is up. Returns the start's figures and what THEN returned."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = Path(tmp) / f"server-{n}.log"
+    with open(log_path, "wb") as log:
+        load_avg = [round(x, 2) for x in os.getloadavg()]
+        server = start_server(args, port, log, pycache)
+        try:
+            ready_s = wait_ready(server, url)
+            print(f"start {n}: ready in {ready_s:.1f} s (load {load_avg[0]})", flush=True)
+            start = {"ready_s": round(ready_s, 2), "load_avg": load_avg,
+                     "log": _startup_line(log_path)}
+            return start, then(url, server) if then else None
+        except BaseException:
+            print(log_path.read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
+def _median_ready(starts: list[dict]) -> float | None:
+    import statistics
+
+    return round(statistics.median(s["ready_s"] for s in starts), 2) if starts else None
+
+
+def bytecode_state() -> dict:
+    """Whether the server's Python could read compiled bytecode: with
+    PYTHONDONTWRITEBYTECODE set and no .pyc installed, every start compiles its imports."""
+    import pandas
+
+    folder = Path(pandas.__file__).parent
+    return {"PYTHONDONTWRITEBYTECODE": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
+            "pandas_pyc_installed": any(folder.glob("__pycache__/*.pyc"))}
 
 
 def _startup_line(log: Path) -> str:
@@ -327,20 +329,22 @@ def _startup_line(log: Path) -> str:
     return next((line for line in log.read_text().splitlines() if " checked in " in line), "")
 
 
-def measure(args, url: str, ids_file: str, server: subprocess.Popen, starts: list) -> dict:
-    import statistics
+def measure(args, url: str, ids_file: str, server: subprocess.Popen) -> dict:
+    """The scenarios on the server at URL, once its workspace is built (scoring the
+    snapshot in the background would otherwise share the cores with the first ones)."""
+    from serving_report import soak_figures, summarise
 
-    from serving_report import verdicts
-
-    ready_s = statistics.median(s["ready_s"] for s in starts)
+    workspace_s = wait_ready(server, url, path="/workspace/meta")
     model, customers = snapshot_info(url)
-    print(f"server ready: {model}, {customers:,} customers", flush=True)
+    print(f"server ready: {model}, {customers:,} customers; workspace after {workspace_s:.1f} s "
+          "more", flush=True)
     rows, peak = [], 0
-    for name, page, concurrency in [("single c=1", 0, 1), ("single c=8", 0, 8),
-                                    ("single c=32", 0, 32), ("page of 100 c=1", 100, 1),
-                                    ("page of 100 c=4", 100, 4)]:
+    for name, page, concurrency, get in [
+            ("single c=1", 0, 1, None), ("single c=8", 0, 8, None), ("single c=32", 0, 32, None),
+            ("page of 100 c=1", 100, 1, None), ("page of 100 c=4", 100, 4, None),
+            ("HTTP floor: GET /livez c=8", 0, 8, "/livez")]:
         load_avg = round(os.getloadavg()[0], 2)
-        result = run_load(url, ids_file, server.pid, args.seconds, page, concurrency)
+        result = run_load(url, ids_file, server.pid, args.seconds, page, concurrency, get=get)
         rows.append({**summarise(name, result, page, concurrency), "load_avg": load_avg})
         peak = max(peak, rows[-1]["peak_rss_mb"])
         print(f"  {name}: {rows[-1]['calls_per_s']} calls/s, p99 {rows[-1]['p99_ms']} ms, "
@@ -359,9 +363,8 @@ def measure(args, url: str, ids_file: str, server: subprocess.Popen, starts: lis
     return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_at_start": [round(x, 2) for x in os.getloadavg()]},
             "model": model, "snapshot_customers": customers,
-            "ready_s": round(ready_s, 2), "starts": starts,
-            "scenarios": rows, "peak_rss_mb": peak, "soak": soak,
-            "targets": verdicts(rows, soak, round(ready_s, 2))}
+            "workspace_after_ready_s": round(workspace_s, 2),
+            "scenarios": rows, "peak_rss_mb": peak, "soak": soak}
 
 
 if __name__ == "__main__":
