@@ -103,8 +103,10 @@ def serve(config: ServeConfig, host: str, port: int, log: Callable[[str], None])
     signal.signal(signal.SIGTERM, _stop)  # also while loading: stop at once, cleanly
     try:
         with own_metrics_folder() as folder:
+            # The workspace's scores are kept beside the model files (work/cache/).
+            scores = config.cache_dir.parent / "workspace" if config.cache_dir else None
             loaded = startup.load(replace(config, fail_fast=partial(_fail_now, folder),
-                                          lean_imports=True))
+                                          lean_imports=True, workspace_cache=scores))
             # Imported after the load, whose checks come before the scoring stack's imports.
             from churnlens.serving import workspace_scores
 

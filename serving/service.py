@@ -86,6 +86,8 @@ class ChurnService:
         self.snapshot = loaded.snapshot
         # Encoded once for both models: a call picks its rows without pandas work.
         self.prepared = loaded.prepared
+        # The workspace's scores of earlier starts on this model and snapshot file.
+        self.workspace_cache, self.snapshot_path = loaded.workspace_cache, loaded.snapshot_path
         self.batcher = MicroBatcher(self._score_customers, max_items=MAX_BATCH,
                                     on_batch=BATCH_SIZE.observe)
         self.position = {cid: i for i, cid in enumerate(self.snapshot["customer_id"])}

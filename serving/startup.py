@@ -28,6 +28,7 @@ ENV_MODEL_URI = "CHURNLENS_MODEL_URI"
 ENV_SNAPSHOT = "CHURNLENS_SNAPSHOT"
 ENV_MODEL_CACHE = "CHURNLENS_MODEL_CACHE"
 ENV_REGISTRY_TIMEOUT = "CHURNLENS_REGISTRY_TIMEOUT"
+ENV_WORKSPACE_CACHE = "CHURNLENS_WORKSPACE_CACHE"
 DEFAULT_MODEL_URI = "models:/churnlens@champion"
 REGISTRY_TIMEOUT_S = 10.0
 KEY_COLUMNS = ("customer_id", "cutoff")
@@ -55,17 +56,19 @@ class ServeConfig:
     # True in `churnlens serve`'s own process: LightGBM is imported without its
     # scikit-learn adapter (`import_lightgbm_alone`), which nothing there uses.
     lean_imports: bool = False
+    workspace_cache: Path | None = None  # the workspace's scores of earlier starts; None: none
 
     @classmethod
     def from_env(cls) -> ServeConfig:
         """The configuration of a `bentoml serve` worker, from its environment."""
         cache = os.environ.get(ENV_MODEL_CACHE)
+        scores = os.environ.get(ENV_WORKSPACE_CACHE)
         return cls(model_uri=os.environ.get(ENV_MODEL_URI) or DEFAULT_MODEL_URI,
                    snapshot=os.environ.get(ENV_SNAPSHOT),
                    cache_dir=Path(cache) if cache else None,
                    registry_timeout_s=float(os.environ.get(ENV_REGISTRY_TIMEOUT)
                                             or REGISTRY_TIMEOUT_S),
-                   fetch_in_child=False)
+                   fetch_in_child=False, workspace_cache=Path(scores) if scores else None)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class Loaded:
     prepared: object  # churnlens.serving.core.Prepared: the snapshot encoded once
     seconds: dict | None = None  # start-up step -> seconds ("model": waiting for its fetch)
     from_cache: bool = False  # the model file came from the local cache, not the store
+    snapshot_path: str | None = None  # the snapshot file (the workspace cache's key)
+    workspace_cache: Path | None = None  # ServeConfig.workspace_cache
 
 
 _handed_over: Loaded | None = None
@@ -114,7 +119,8 @@ def load(config: ServeConfig) -> Loaded:
         fetch.close()
     snapshot = clock("feature check", fit_snapshot, frame, model, config.snapshot)
     prepared = clock("encoding", prepare, model, snapshot)
-    return Loaded(model, shown, snapshot, prepared, clock.seconds, from_cache)
+    return Loaded(model, shown, snapshot, prepared, clock.seconds, from_cache,
+                  config.snapshot, config.workspace_cache)
 
 
 class _Clock:

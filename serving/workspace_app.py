@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pa_csv
@@ -47,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from churnlens.serving import workspace_cache
 from churnlens.serving.core import score_records
 from churnlens.serving.workspace import (
     DEFAULT_SORT,
@@ -83,11 +85,15 @@ class Building:
     message) if it failed, `progress` meanwhile.
 
     model, rows: the service's model and prepared snapshot; scores: a score file to read
-    instead of scoring (None: score the snapshot).
+    instead of scoring (None: score the snapshot). cache, snapshot: the folder that keeps
+    the scores of earlier starts (`churnlens.serving.workspace_cache`) and the snapshot
+    file they are keyed on (either None: no cache).
     """
 
-    def __init__(self, model, rows, scores: str | None = None) -> None:
+    def __init__(self, model, rows, scores: str | None = None, cache: Path | None = None,
+                 snapshot: str | None = None) -> None:
         self.model, self.rows, self.scores = model, rows, scores
+        self.cache, self.snapshot = cache, snapshot
         self.progress = Progress(total=len(rows), stage=(  # no path: clients read it
             "reading the score file" if scores else "scoring the snapshot"))
         self.workspace: Workspace | None = None
@@ -106,7 +112,7 @@ class Building:
                 scores = read_score_file(self.scores, self.model, text_ids_of(self.rows),
                                          snapshot_as_of(self.rows), on_read=self._read)
             else:
-                scores = score_snapshot(self.model, self.rows, self.progress)
+                scores, how = self._scored()
             self.progress.stage = "sorting the list"
             self.workspace = Workspace(self.model, self.rows, scores)
         except (ValueError, OSError, MemoryError, ArithmeticError) as exc:
@@ -115,8 +121,19 @@ class Building:
             return
         self.progress.done = self.progress.total
         logger.info("workspace ready: %d accounts %s in %.1f s", self.progress.total,
-                    "from " + self.scores if self.scores else "scored",
-                    time.perf_counter() - t0)
+                    "from " + self.scores if self.scores else how, time.perf_counter() - t0)
+
+    def _scored(self):
+        """The snapshot's scores, from the cache when it has them, and how they came."""
+        if self.cache is None or self.snapshot is None:
+            return score_snapshot(self.model, self.rows, self.progress), "scored"
+        path = workspace_cache.cache_path(self.cache, self.model, self.snapshot)
+        scores = workspace_cache.load(path, len(self.rows))
+        if scores is not None:
+            return scores, f"from the cache {path}"
+        scores = score_snapshot(self.model, self.rows, self.progress)
+        workspace_cache.save(path, scores)
+        return scores, "scored (kept in the cache)"
 
     def _read(self) -> None:
         self.progress.done = self.progress.total
@@ -293,7 +310,8 @@ async def _lifespan(app: Starlette):
         except ScoreFileError as exc:
             logger.error("%s", exc)
             raise
-    app.state.building = Building(service.model, service.prepared, scores)
+    app.state.building = Building(service.model, service.prepared, scores,
+                                  cache=service.workspace_cache, snapshot=service.snapshot_path)
     app.state.building.start()
     yield
 
