@@ -212,6 +212,19 @@ def run_load(url: str, ids_file: str, server_pid: int, seconds: float, page: int
 # ---------------------------------------------------------------- main
 
 
+def batches(url: str) -> tuple[float, float]:
+    """/score_customer batches so far and the customers in them (the micro-batcher's
+    histogram in /metrics)."""
+    import httpx
+
+    figures = dict.fromkeys(("count", "sum"), 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        for key in figures:
+            if line.startswith(f"churnlens_score_customer_batch_size_{key} "):
+                figures[key] = float(line.rsplit(" ", 1)[1])
+    return figures["count"], figures["sum"]
+
+
 def snapshot_info(url: str) -> tuple[str, int]:
     import httpx
 
@@ -344,8 +357,11 @@ def measure(args, url: str, ids_file: str, server: subprocess.Popen) -> dict:
             ("page of 100 c=1", 100, 1, None), ("page of 100 c=4", 100, 4, None),
             ("HTTP floor: GET /livez c=8", 0, 8, "/livez")]:
         load_avg = round(os.getloadavg()[0], 2)
+        before = batches(url)
         result = run_load(url, ids_file, server.pid, args.seconds, page, concurrency, get=get)
-        rows.append({**summarise(name, result, page, concurrency), "load_avg": load_avg})
+        count, total = (now - then for now, then in zip(batches(url), before, strict=True))
+        rows.append({**summarise(name, result, page, concurrency), "load_avg": load_avg,
+                     "mean_batch": round(total / count, 1) if count else None})
         peak = max(peak, rows[-1]["peak_rss_mb"])
         print(f"  {name}: {rows[-1]['calls_per_s']} calls/s, p99 {rows[-1]['p99_ms']} ms, "
               f"{rows[-1]['failed']} failed (load {load_avg})", flush=True)

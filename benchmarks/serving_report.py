@@ -140,7 +140,8 @@ def stage_lines(report: dict) -> list[str]:
              "| target | measured | HTTP stack alone (GET /livez c=8) | scoring core in process "
              "| bare LightGBM predict + pred_contrib |", "|---|---|---|---|---|"]
     if by.get("single c=8") and floor and one:
-        lines.append(f"| single c=8, 500 calls/s | {by['single c=8']['calls_per_s']} calls/s | "
+        lines.append(f"| single c=8, 500 calls/s | {by['single c=8']['calls_per_s']} calls/s "
+                     f"(merged {by['single c=8'].get('mean_batch')} customers a batch) | "
                      f"{floor['calls_per_s']} calls/s (p99 {floor['p99_ms']} ms) | "
                      f"{round(1000 / one['core_ms'])} calls/s (1 row: {one['core_ms']} ms) | "
                      f"{round(1000 / (one['predict_ms'] + one['pred_contrib_ms']))} calls/s |")
