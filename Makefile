@@ -33,9 +33,10 @@ demo: setup
 	  "  curl -s -H 'Content-Type: application/json' -d '{\"customers\": [{\"customer_id\": \"$$id\"}]}' http://127.0.0.1:3000/score_customer" \
 	  "  $(BIN)/churnlens score --as-of $(AS_OF) --out work/scores/$(AS_OF).parquet    # every active customer, in batch"
 
+# The 25 longest tests are listed at the end (where the suite's time goes, in every CI log).
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 # The inner loop: unit and property tests only; what trains a model, starts a server, runs
 # the CLI as a process, starts Spark or opens a real MLflow store is marked slow and left to

@@ -58,4 +58,13 @@ def spark_session(master: str | None):
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
+    if not local and not spark.sparkContext.getConf().contains(SHUFFLE_PARTITIONS):
+        # Spark's default of 200 shuffle partitions makes every exchange 200 tasks, each
+        # with its scheduling delay, for chunks of some 50,000 customers; two per core keep
+        # both the cores and a retried task's share of the work busy. A value the user set
+        # (spark-submit --conf, spark-defaults.conf) is kept.
+        spark.conf.set(SHUFFLE_PARTITIONS, str(2 * spark.sparkContext.defaultParallelism))
     return spark
+
+
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"

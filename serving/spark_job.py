@@ -29,7 +29,7 @@ from churnlens.serving.chunks import BatchError
 from churnlens.serving.parts import OutputLock
 from churnlens.serving.spark import spark_session, to_spark_sql
 from churnlens.serving.spark_files import Files, drift_path, is_local, join, sibling
-from churnlens.serving.spark_output import clear_leftovers, open_output, publish
+from churnlens.serving.spark_output import check_options, clear_leftovers, open_output, publish
 from churnlens.serving.spark_score import score_chunk
 from churnlens.serving.spark_sql import table_fingerprint
 from churnlens.serving.spark_stage import (
@@ -139,6 +139,8 @@ def _run_locked(job, out: str, settings: Settings, spark, files: Files, log, pro
     from churnlens.features.spark_loading import load_source_spark
     from churnlens.serving.batch import load_model, parse_as_of
 
+    clear_leftovers(files, out)
+    check_options(files, out, resume=job.resume, overwrite=job.overwrite)
     model = load_model(job.model_uri)
     source = str(job.source or settings.data.source)
     ds = load_source_spark(spark, source, settings.data.observed_until,
@@ -146,7 +148,6 @@ def _run_locked(job, out: str, settings: Settings, spark, files: Files, log, pro
     for line in ds.report.lines():
         log(line)
     as_of = check_as_of(ds, str(parse_as_of(job.as_of).date()))
-    clear_leftovers(files, out)
     staging, default_root = _staging(settings, out)
     spark.sparkContext.setCheckpointDir(join(staging, "checkpoints"))
     try:

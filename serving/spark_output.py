@@ -61,6 +61,32 @@ def _committed(files: Files, work: str, chunks: list[Chunk], log) -> dict[int, d
     return done
 
 
+def check_options(files: Files, out: str, *, resume: bool, overwrite: bool) -> None:
+    """What `open_output` refuses whatever the job's manifest, checked before the source is
+    read: an existing OUT or OUT.tmp without --resume or --overwrite fails in seconds, not
+    after the load. Raises BatchError with `open_output`'s messages."""
+    if resume and overwrite:
+        raise BatchError("--resume and --overwrite exclude each other: --resume finishes an "
+                         "interrupted job, --overwrite starts afresh and replaces OUT")
+    if resume or overwrite:
+        return
+    if files.exists(out):
+        _finished(files, out, {}, resume=False)
+    work = work_dir(out)
+    if files.exists(work):
+        _unfinished(files, work)
+
+
+def _unfinished(files: Files, work: str) -> None:
+    """BatchError: WORK holds an unfinished job, and the options to go on."""
+    found = _read_manifest(files, work)
+    done = sum(1 for n in files.names(work) if n.startswith("chunk-"))
+    raise BatchError(
+        f"{work} holds an unfinished job: pass --resume to finish it ({done} of "
+        f"{len(found['chunks'])} chunks committed, as of {found.get('as_of')}), "
+        "or --overwrite to start afresh")
+
+
 def open_output(files: Files, out: str, manifest: dict, *, resume: bool, overwrite: bool,
                 log) -> tuple[str, dict[int, dict], dict | None]:
     """Where the job writes its chunks, the committed chunks' stats, and the final manifest
@@ -68,9 +94,7 @@ def open_output(files: Files, out: str, manifest: dict, *, resume: bool, overwri
 
     Raises BatchError for an existing OUT or OUT.tmp the options do not allow to use.
     """
-    if resume and overwrite:
-        raise BatchError("--resume and --overwrite exclude each other: --resume finishes an "
-                         "interrupted job, --overwrite starts afresh and replaces OUT")
+    check_options(files, out, resume=resume, overwrite=overwrite)
     work = work_dir(out)
     if files.exists(out) and not overwrite:
         finished = _finished(files, out, manifest, resume)
@@ -81,13 +105,9 @@ def open_output(files: Files, out: str, manifest: dict, *, resume: bool, overwri
             log(f"note: {work} (an unfinished job) is deleted: --overwrite starts afresh")
             files.delete(work)
         else:
-            found = _read_manifest(files, work)
             if not resume:
-                done = sum(1 for n in files.names(work) if n.startswith("chunk-"))
-                raise BatchError(
-                    f"{work} holds an unfinished job: pass --resume to finish it ({done} of "
-                    f"{len(found['chunks'])} chunks committed, as of {found.get('as_of')}), "
-                    "or --overwrite to start afresh")
+                _unfinished(files, work)
+            found = _read_manifest(files, work)
             check_manifest(found, manifest, work)
             chunks = [Chunk(**c) for c in manifest["chunks"]]
             return work, _committed(files, work, chunks, log), None

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 
 from churnlens.serving import spark_job
 from churnlens.serving.batch import BatchError, run_batch
 from churnlens.serving.records import table_records
-from churnlens.serving.spark import java_missing, spark_session
+from churnlens.serving.spark import java_missing, spark_session, to_spark_sql
 from churnlens.settings import Settings
 from tests.fixtures_model import TrainedEnv
 from tests.serving.test_batch import Env, assert_same_records, batch_env
@@ -27,7 +30,7 @@ FETCHES = {"collect", "toPandas", "toArrow", "take", "head", "first", "tail",
            "toLocalIterator", "collectAsList", "takeAsList"}
 ALLOWED = {("spark_sql.py", "small_rows"), ("spark_loading.py", "rows"),
            ("spark_loading.py", "define")}
-CHUNK = 500
+CHUNK = 800  # two chunks of the sample's ~1,400 active customers
 
 needs_spark = pytest.mark.skipif(
     importlib.util.find_spec("pyspark") is None or java_missing() is not None,
@@ -105,10 +108,16 @@ def spark():
 
 
 @pytest.fixture(scope="module")
-def local_records(env, tmp_path_factory):
+def local_out(env, tmp_path_factory) -> Path:
+    """The local engine's score file (its drift report beside it)."""
     out = tmp_path_factory.mktemp("local") / "scores.parquet"
     run_batch(env.job(out, chunk_size=CHUNK), env.settings, log=lambda *_: None, progress=False)
-    return table_records(pq.read_table(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_records(local_out):
+    return table_records(pq.read_table(local_out))
 
 
 def _spark(env, spark, out, **kw):
@@ -122,16 +131,59 @@ def _records(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 @needs_spark
-def test_dataset_equals_the_local_file(env, spark, local_records, tmp_path):
-    out = tmp_path / "scores.parquet"
-    r = _spark(env, spark, out)
+def test_translation_keeps_duckdb_semantics(spark):
+    # Sub-second times (DuckDB counts second boundaries), a decimal divisor (Spark would
+    # round in DECIMAL) and a 64th bit (no unsigned type in Spark).
+    sql = """
+        SELECT date_diff('second', a, b) / 86400.0 AS days, 7 / 2 AS half,
+               bit_count(CAST(1 AS UBIGINT) << 63) AS bits
+        FROM (SELECT TIMESTAMP '2020-01-01 00:00:00.9' AS a,
+                     TIMESTAMP '2020-01-01 00:00:10' AS b) t
+    """
+    want = duckdb.sql(sql).fetchall()[0]
+    got = tuple(spark.sql(to_spark_sql(sql)).collect()[0])
+    assert got == want == (10 / 86400, 3.5, 1)
+
+
+@pytest.fixture(scope="module")
+def spark_run(env, spark, tmp_path_factory) -> dict:
+    """One uninterrupted Spark job, staged under a `batch.spark.staging` of its own: its
+    output, result and the staging folder it used."""
+    root = tmp_path_factory.mktemp("spark-run")
+    out, staging, used = root / "scores.parquet", root / "shared-staging", []
+    real = spark_job.stage_sources
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(spark_job, "stage_sources",
+                   lambda spine, fs, types, at, *a: used.append(at) or real(spine, fs, types, at, *a))
+        settings = Settings(data={"source": env.trained.source},
+                            batch={"spark": {"staging": str(staging)}})
+        result = run_batch(env.job(out, chunk_size=CHUNK, engine="spark"), settings,
+                           log=lambda *_: None, progress=False, spark=spark)
+    return {"out": out, "result": result, "staging": staging, "used": used}
+
+
+@pytest.mark.slow
+@needs_spark
+def test_dataset_equals_the_local_file(spark_run, local_out, local_records):
+    out, r = spark_run["out"], spark_run["result"]
     assert out.is_dir() and (out / "_SUCCESS").is_file() and (out / "_manifest.json").is_file()
     chunks = sorted(p.name for p in out.iterdir() if p.name.startswith("chunk-"))
     assert len(chunks) == r.chunks >= 2 and r.chunks_resumed == 0
-    assert not tmp_path.joinpath("scores.parquet.tmp").exists()
-    assert not tmp_path.joinpath("scores.parquet.staging").exists()
+    assert not out.with_name("scores.parquet.tmp").exists()
+    # Staged under batch.spark.staging, not beside the output, and removed when done.
+    used = spark_run["used"]
+    assert used and used[0].startswith(f"{spark_run['staging']}/scores.parquet-")
+    assert not Path(used[0]).exists(), "the run's staging is removed when it is done"
+    assert not out.with_name("scores.parquet.staging").exists()
     assert_same_records(_records(out), local_records, rel=1e-9)
-    assert r.customers == len(local_records)
+    assert r.customers == len(local_records) > 1000
+    # The same drift report as the local engine's.
+    drift = [json.loads(p.with_suffix(".drift.json").read_text())
+             for p in (out, local_out)]
+    assert drift[0]["over_threshold"] == drift[1]["over_threshold"]
+    for name, entry in drift[1]["features"].items():
+        if "psi" in entry:
+            assert drift[0]["features"][name]["psi"] == pytest.approx(entry["psi"], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -153,9 +205,10 @@ def test_resume_scores_only_the_chunks_that_did_not_commit(env, spark, local_rec
     assert not out.exists(), "a reader must never see a half-written dataset"
     committed = sorted(p.name for p in Path(f"{out}.tmp").iterdir() if p.name.startswith("chunk-"))
     assert committed == [f"chunk-{scored[0]:05d}"]
+    # Refused before the source is read (a source that does not exist would fail there).
     with pytest.raises(BatchError, match=r"holds an unfinished job: pass --resume .*1 of \d+ "
                                          "chunks committed.*or --overwrite"):
-        _spark(env, spark, out)
+        _spark(env, spark, out, source=str(tmp_path / "no-such-source"))
 
     again = []
     monkeypatch.setattr(spark_job, "score_chunk",
@@ -168,29 +221,21 @@ def test_resume_scores_only_the_chunks_that_did_not_commit(env, spark, local_rec
 
 @pytest.mark.slow
 @needs_spark
-def test_an_existing_output_needs_overwrite(env, spark, local_records, tmp_path, monkeypatch):
+def test_an_existing_output_needs_overwrite(env, spark, spark_run, local_records, tmp_path):
+    # A copy of the finished job's output: the manifest names the job, not the folder.
     out = tmp_path / "scores"
-    staging = tmp_path / "shared-staging"
-    used = []
-    real = spark_job.stage_sources
-    monkeypatch.setattr(spark_job, "stage_sources",
-                        lambda spine, fs, types, at, *a: used.append(at) or real(spine, fs, types, at, *a))
-    settings = Settings(data={"source": env.trained.source},
-                        batch={"spark": {"staging": str(staging)}})
-    first = run_batch(env.job(out, chunk_size=CHUNK, engine="spark"), settings,
-                      log=lambda *_: None, progress=False, spark=spark)
-    assert used and used[0].startswith(str(staging) + "/scores-")
-    assert not Path(used[0]).exists(), "the run's staging is removed when it is done"
+    shutil.copytree(spark_run["out"], out)
+    shutil.copy(spark_run["out"].with_suffix(".drift.json"), out.with_suffix(".drift.json"))
     with pytest.raises(BatchError, match=r"scores exists: pass --overwrite to replace it"):
-        _spark(env, spark, out)
+        _spark(env, spark, out, source=str(tmp_path / "no-such-source"))  # before the load
     notes = []
-    done = run_batch(env.job(out, chunk_size=CHUNK, engine="spark", resume=True), settings,
+    done = run_batch(env.job(out, chunk_size=CHUNK, engine="spark", resume=True), env.settings,
                      log=notes.append, progress=False, spark=spark)
     assert any("finished: nothing to score" in n for n in notes)
-    assert done.stats == first.stats
+    assert done.stats == spark_run["result"].stats
     (out / "chunk-00000").rename(tmp_path / "moved")  # spoil it: overwrite must rebuild
     r = _spark(env, spark, out, overwrite=True)
-    assert r.chunks_resumed == 0
+    assert r.chunks_resumed == 0 and (out / "chunk-00000").is_dir()
     assert_same_records(_records(out), local_records, rel=1e-9)
 
 
