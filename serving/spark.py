@@ -15,6 +15,8 @@ from churnlens.features.spark_dialect import TranslationError
 from churnlens.features.spark_dialect import to_spark_sql as translate
 from churnlens.serving.chunks import BatchError
 
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+
 
 def to_spark_sql(sql: str) -> str:
     """Feature SQL from DuckDB to Spark SQL (`churnlens.features.spark_dialect`); BatchError
@@ -66,5 +68,3 @@ def spark_session(master: str | None):
         spark.conf.set(SHUFFLE_PARTITIONS, str(2 * spark.sparkContext.defaultParallelism))
     return spark
 
-
-SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"

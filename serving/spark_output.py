@@ -71,20 +71,16 @@ def check_options(files: Files, out: str, *, resume: bool, overwrite: bool) -> N
     if resume or overwrite:
         return
     if files.exists(out):
-        _finished(files, out, {}, resume=False)
+        raise BatchError(f"{out} exists: pass --overwrite to replace it (or another --out); "
+                         "--resume finishes an interrupted job")
     work = work_dir(out)
     if files.exists(work):
-        _unfinished(files, work)
-
-
-def _unfinished(files: Files, work: str) -> None:
-    """BatchError: WORK holds an unfinished job, and the options to go on."""
-    found = _read_manifest(files, work)
-    done = sum(1 for n in files.names(work) if n.startswith("chunk-"))
-    raise BatchError(
-        f"{work} holds an unfinished job: pass --resume to finish it ({done} of "
-        f"{len(found['chunks'])} chunks committed, as of {found.get('as_of')}), "
-        "or --overwrite to start afresh")
+        found = _read_manifest(files, work)
+        done = sum(1 for n in files.names(work) if n.startswith("chunk-"))
+        raise BatchError(
+            f"{work} holds an unfinished job: pass --resume to finish it ({done} of "
+            f"{len(found['chunks'])} chunks committed, as of {found.get('as_of')}), "
+            "or --overwrite to start afresh")
 
 
 def open_output(files: Files, out: str, manifest: dict, *, resume: bool, overwrite: bool,
@@ -96,17 +92,13 @@ def open_output(files: Files, out: str, manifest: dict, *, resume: bool, overwri
     """
     check_options(files, out, resume=resume, overwrite=overwrite)
     work = work_dir(out)
-    if files.exists(out) and not overwrite:
-        finished = _finished(files, out, manifest, resume)
-        if finished is not None:
-            return work, {}, finished
+    if files.exists(out) and not overwrite:  # with --resume: this job, finished
+        return work, {}, _finished(files, out, manifest)
     if files.exists(work):
         if overwrite:
             log(f"note: {work} (an unfinished job) is deleted: --overwrite starts afresh")
             files.delete(work)
-        else:
-            if not resume:
-                _unfinished(files, work)
+        else:  # with --resume (check_options refused the rest)
             found = _read_manifest(files, work)
             check_manifest(found, manifest, work)
             chunks = [Chunk(**c) for c in manifest["chunks"]]
@@ -133,11 +125,8 @@ def _read_manifest(files: Files, folder: str) -> dict:
     return found
 
 
-def _finished(files: Files, out: str, manifest: dict, resume: bool) -> dict | None:
-    """OUT's final manifest when RESUME and OUT is this job finished; else BatchError."""
-    if not resume:
-        raise BatchError(f"{out} exists: pass --overwrite to replace it (or another --out); "
-                         "--resume finishes an interrupted job")
+def _finished(files: Files, out: str, manifest: dict) -> dict:
+    """OUT's final manifest when OUT is this job, finished (with --resume); else BatchError."""
     found = _read_manifest(files, out)
     if found.get("job") != manifest_digest(manifest):
         check_manifest(found, manifest, out)  # names the differences
