@@ -129,31 +129,51 @@ def recency_sql(daily: str, cutoffs: str, event_types: int = 0) -> str:
     """
 
 
-def recency_at_sql(events: str, cutoffs: str, event_types: Sequence[str] = ()) -> str:
-    """`recency_sql` for CUTOFFS of a single cutoff, straight from the events: one pass
-    grouped by customer and event type, then by customer, instead of a rollup of every day.
-    The same values (days are UTC days), but for the totals of fractional quantities: an
-    exact sum here, the rollup's running sum of doubles there, which can differ in the last
-    bit (whole counts are exact in both)."""
+def event_summary_sql(events: str, cutoffs: str) -> str:
+    """Per customer and event type of EVENTS, for CUTOFFS of a single cutoff: the exact sum
+    of the quantities on days before the cutoff's day (`quantity`, NULL when none), the last
+    such day (`last_day`) and the first occurrence of any day (`first_at`).
+
+    Everything `recency_at_sql` and `first_value_sql` read of the events for one cutoff, in
+    one pass: a customer's few types instead of their whole history. The Spark job stages
+    it once per job (`churnlens.serving.spark_stage`) instead of the events themselves."""
     day = utc_day("occurrence.occurred_at")
-    totals = "".join(f", CAST(sum(quantity) FILTER (WHERE event = {sql_string(t)}) AS DOUBLE)"
-                     f" AS type{i}_total" for i, t in enumerate(event_types))
+    before = f"{day} < known_at.cutoff"
     return f"""
-        SELECT customer_id, cutoff{totals},
-               {days_between('max(last_day)', 'cutoff')} AS days_since_last_event
-        FROM (SELECT occurrence.customer_id, known_at.cutoff, occurrence.event,
-                     sum(CAST(occurrence.quantity AS {DECIMAL})) AS quantity,
-                     max({day}) AS last_day
-              FROM {events} AS occurrence JOIN {cutoffs} AS known_at ON {day} < known_at.cutoff
-              GROUP BY occurrence.customer_id, known_at.cutoff, occurrence.event) AS per_type
-        GROUP BY customer_id, cutoff
+        SELECT occurrence.customer_id, occurrence.event,
+               sum(CAST(occurrence.quantity AS {DECIMAL})) FILTER (WHERE {before}) AS quantity,
+               max({day}) FILTER (WHERE {before}) AS last_day,
+               min(occurrence.occurred_at) AS first_at
+        FROM {events} AS occurrence CROSS JOIN {cutoffs} AS known_at
+        GROUP BY occurrence.customer_id, occurrence.event
     """
 
 
-def first_value_sql(fs: FeatureSettings, events: str) -> str:
-    """Per customer: the first value event (a per-customer minimum, known at c when < c)."""
+def recency_at_sql(summary: str, cutoffs: str, event_types: Sequence[str] = ()) -> str:
+    """`recency_sql` for CUTOFFS of a single cutoff, from the events' SUMMARY at it
+    (`event_summary_sql`) instead of a rollup of every day. The same values (days are UTC
+    days), but for the totals of fractional quantities: an exact sum here, the rollup's
+    running sum of doubles there, which can differ in the last bit (whole counts are exact
+    in both)."""
+    totals = "".join(f", CAST(sum(per_type.quantity) FILTER (WHERE per_type.event = "
+                     f"{sql_string(t)}) AS DOUBLE) AS type{i}_total"
+                     for i, t in enumerate(event_types))
     return f"""
-        SELECT customer_id, min(occurred_at) AS first_value_at FROM {events}
+        SELECT per_type.customer_id, known_at.cutoff{totals},
+               {days_between('max(per_type.last_day)', 'known_at.cutoff')}
+                   AS days_since_last_event
+        FROM {summary} AS per_type CROSS JOIN {cutoffs} AS known_at
+        WHERE per_type.last_day IS NOT NULL
+        GROUP BY per_type.customer_id, known_at.cutoff
+    """
+
+
+def first_value_sql(fs: FeatureSettings, events: str, occurred_at: str = "occurred_at") -> str:
+    """Per customer: the first value event (a per-customer minimum, known at c when < c).
+
+    events: the events, or their summary (`event_summary_sql`) with OCCURRED_AT="first_at"."""
+    return f"""
+        SELECT customer_id, min({occurred_at}) AS first_value_at FROM {events}
         WHERE event = {sql_string(fs.value_event)} GROUP BY customer_id
     """
 

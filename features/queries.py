@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from churnlens.features.catalog import Feature, event_types_of, feature_list, feature_plan
 from churnlens.features.event_queries import (
+    event_summary_sql,
     events_daily_sql,
     first_value_sql,
     recency_at_sql,
@@ -202,13 +203,20 @@ def _select(fs: FeatureSettings, features: Sequence[Feature],
 
 
 def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spine: str,
-           daily: str, sources: Sources, one_cutoff: bool) -> list[tuple[str, str]]:
+           daily: str, sources: Sources, one_cutoff: bool,
+           summary: str | None) -> list[tuple[str, str]]:
     """The CTEs (name, SQL) the feature columns read, in dependency order."""
+    summarized = one_cutoff and bool(parts & {"recency", "first_value_dates"})
+    if summarized and summary is None:
+        parts = parts | {"event_summary"}
+        summary = "event_summary"
     builders = {
+        "event_summary": lambda: event_summary_sql(sources.events, "cutoffs"),
         "usage": lambda: usage_sql(fs, daily, "cutoffs", len(event_types)),
-        "recency": lambda: (recency_at_sql(sources.events, "cutoffs", event_types) if one_cutoff
+        "recency": lambda: (recency_at_sql(summary, "cutoffs", event_types) if one_cutoff
                             else recency_sql(daily, "cutoffs", len(event_types))),
-        "first_value_dates": lambda: first_value_sql(fs, sources.events),
+        "first_value_dates": lambda: (first_value_sql(fs, summary, "first_at") if one_cutoff
+                                      else first_value_sql(fs, sources.events)),
         "contract": lambda: _subscription_sql(sources.subscriptions, spine),
         "billing": lambda: payment_sql(sources.payments, "cutoffs"),
         "purchase": lambda: purchase_history_sql(sources.payments, "cutoffs"),
@@ -220,16 +228,19 @@ def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spin
 
 def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str, daily: str,
                 sources: Sources = LOADED, one_cutoff: bool = False,
-                materialized: bool = False) -> str:
+                materialized: bool = False, summary: str | None = None) -> str:
     """One query giving customer_id, cutoff and each of FEATURES for each row of SPINE.
 
     features: from `churnlens.features.catalog.feature_plan` (or a trained model's list);
     spine: from-item of (customer_id, cutoff) rows, each once; daily: from-item of the daily
     event rollup of `events_daily_sql` over the same customers, built with the event types
     `event_types_of(FEATURES)` (read only by event features); sources: where the contract
-    tables are; one_cutoff: SPINE holds a single cutoff, recency is read from the events
-    (`recency_at_sql`), and DAILY needs only the days of the usage windows, without running
-    totals (`events_daily_sql(..., running_totals=False, where=recent_days(...))`);
+    tables are; one_cutoff: SPINE holds a single cutoff, recency and the first value event
+    are read from a summary of the events at it (`event_summary_sql`, `recency_at_sql`),
+    and DAILY needs only the days of the usage windows, without running totals
+    (`events_daily_sql(..., running_totals=False, where=recent_days(...))`); summary: with
+    ONE_CUTOFF, a from-item holding that summary already (the Spark job stages it), else a
+    CTE computes it from the events;
     materialized: each part (CTE) is computed on its own before the joins (DuckDB's
     `AS MATERIALIZED`; not Spark SQL): run inline, the parts' aggregates and the joins'
     hash tables all hold memory at once, which overran 2 GB for 100k customers' cutoffs.
@@ -250,7 +261,7 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
     how = "AS MATERIALIZED" if materialized else "AS"
     ctes = "".join(f",\n {name} {how} ({sql})" for name, sql in
                    _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources,
-                          one_cutoff=one_cutoff))
+                          one_cutoff=one_cutoff, summary=summary))
     joins = "\n".join(
         f"LEFT JOIN {name} ON {name}.customer_id = spine.customer_id"
         + ("" if name == "first_value_dates" else f" AND {name}.cutoff = spine.cutoff")

@@ -35,6 +35,7 @@ from churnlens.serving.spark_sql import table_fingerprint
 from churnlens.serving.spark_stage import (
     CHUNK_DAILY,
     CHUNK_SPINE,
+    CHUNK_SUMMARY,
     CHUNK_VIEWS,
     chunk_views,
     spine_frame,
@@ -117,7 +118,8 @@ def _score_todo(spark, todo, staged, staging: str, as_of, model, settings: Setti
     schemas = stage_sources(staged, settings.features, event_types_of(model.features),
                             staging, as_of)
     sql = to_spark_sql(feature_sql(settings.features, model.features, spine=CHUNK_SPINE,
-                                   daily=CHUNK_DAILY, sources=CHUNK_VIEWS, one_cutoff=True))
+                                   daily=CHUNK_DAILY, sources=CHUNK_VIEWS, one_cutoff=True,
+                                   summary=CHUNK_SUMMARY))
     model_bytes = spark.sparkContext.broadcast(pickle.dumps(model))
     tasks = spark.sparkContext.defaultParallelism
     try:

@@ -4,8 +4,10 @@ A customer's chunk is ``pmod(xxhash64(customer_id), N)`` with N = ceil(customers
 chunk size): the same data give the same chunks, and a chunk is found from its ids alone.
 The validated sources (the temp views of `churnlens.features.spark_loading`) are staged
 once, each table restricted to the spine's customers and written as parquet partitioned by
-chunk, with the daily event rollup beside them; a chunk's feature query then reads only its
-own partition of each (`chunk_views`). The staging folder is under ``batch.spark.staging``
+chunk; the events, the largest table by far, are staged only as what the features of one
+date read of them: the daily rollup of the usage windows' days and the summary per customer
+and event type (`event_summary_sql`). A chunk's feature query then reads only its own
+partition of each (`chunk_views`). The staging folder is under ``batch.spark.staging``
 (any path every executor can reach), by default ``OUT.staging`` beside the output.
 """
 
@@ -16,9 +18,9 @@ import math
 import pandas as pd
 
 from churnlens.features.contract import TABLES
-from churnlens.features.event_queries import recent_days
+from churnlens.features.event_queries import event_summary_sql, recent_days
 from churnlens.features.queries import events_daily_sql
-from churnlens.features.relations import Sources
+from churnlens.features.relations import Sources, timestamp_literal
 from churnlens.features.spine import cutoffs_sql, spine_sql
 from churnlens.serving.chunks import BatchError, Chunk
 from churnlens.serving.spark import to_spark_sql
@@ -28,6 +30,8 @@ from churnlens.settings import ChurnSettings, FeatureSettings
 
 CHUNK_VIEWS = Sources(**{t: f"chunk_{t}" for t in TABLES})  # a chunk's contract tables
 CHUNK_SPINE, CHUNK_DAILY = "chunk_spine", "chunk_events_daily"
+CHUNK_SUMMARY = "chunk_event_summary"  # `feature_sql(..., summary=CHUNK_SUMMARY)`
+STAGED_TABLES = tuple(t for t in TABLES if t != "events")  # the events are summarized
 
 
 def chunk_of(n: int) -> str:
@@ -71,25 +75,31 @@ def stage_spine(spine, chunk_size: int, staging: str):
 
 def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str,
                   as_of: pd.Timestamp) -> dict:
-    """Write each contract table (the spine's customers only) and the daily event rollup of
-    EVENT_TYPES to STAGING/<name>, partitioned by chunk. The rollup holds only the days the
-    usage windows of AS_OF read, without running totals (`feature_sql(..., one_cutoff=True)`
-    reads recency from the events). Returns the schema of each staged name (with the
-    spine's), for `chunk_views`."""
+    """Write each contract table but the events (the spine's customers only), the daily
+    event rollup of EVENT_TYPES and the events' summary at AS_OF to STAGING/<name>,
+    partitioned by chunk. The rollup holds only the days the usage windows of AS_OF read,
+    without running totals; recency and the first value event come from the summary
+    (`feature_sql(..., one_cutoff=True, summary=...)`). Returns the schema of each staged
+    name (with the spine's), for `chunk_views`."""
     spark = staged_spine.sparkSession
     ids = staged_spine.select("customer_id", "chunk")
     schemas = {"spine": staged_spine.schema}
-    for table in TABLES:
-        rows = spark.table(table).join(ids, "customer_id", "inner")
-        schemas[table] = rows.schema
-        rows.write.partitionBy("chunk").parquet(join(staging, table))
-    read_staged(spark, staging, "events", schemas["events"]).drop("chunk") \
+
+    def write(name: str, rows) -> None:
+        schemas[name] = rows.schema
+        rows.write.partitionBy("chunk").parquet(join(staging, name))
+
+    for table in STAGED_TABLES:
+        write(table, spark.table(table).join(ids, "customer_id", "inner"))
+    spark.table("events").join(ids.select("customer_id"), "customer_id", "left_semi") \
         .createOrReplaceTempView("staged_events")
-    daily = spark.sql(to_spark_sql(events_daily_sql(
+    spark.sql(to_spark_sql(f"SELECT {timestamp_literal(as_of)} AS cutoff")) \
+        .createOrReplaceTempView("staged_cutoff")
+    write("events_daily", spark.sql(to_spark_sql(events_daily_sql(
         fs, "staged_events", event_types, running_totals=False, where=recent_days(fs, as_of))))
-    daily = daily.join(ids, "customer_id", "inner")
-    schemas["events_daily"] = daily.schema
-    daily.write.partitionBy("chunk").parquet(join(staging, "events_daily"))
+        .join(ids, "customer_id", "inner"))
+    write("event_summary", spark.sql(to_spark_sql(event_summary_sql(
+        "staged_events", "staged_cutoff"))).join(ids, "customer_id", "inner"))
     return schemas
 
 
@@ -103,8 +113,8 @@ def chunk_views(spark, staging: str, chunk: Chunk, schemas: dict) -> None:
     """Temp views CHUNK_VIEWS, CHUNK_SPINE and CHUNK_DAILY over CHUNK's partitions.
 
     schemas: the schema of each staged name (`stage_sources`)."""
-    views = {t: CHUNK_VIEWS.of(t) for t in TABLES} | {"spine": CHUNK_SPINE,
-                                                      "events_daily": CHUNK_DAILY}
+    views = {t: CHUNK_VIEWS.of(t) for t in STAGED_TABLES} | {
+        "spine": CHUNK_SPINE, "events_daily": CHUNK_DAILY, "event_summary": CHUNK_SUMMARY}
     for name, view in views.items():
         (read_staged(spark, staging, name, schemas[name]).where(f"chunk = {chunk.index}")
          .drop("chunk").createOrReplaceTempView(view))
