@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from churnlens.features.exact_sums import DECIMAL, exact_sum
+from churnlens.features.exact_sums import exact_sum
 from churnlens.features.known import days_between, latest_before, sql_string, utc_day, visible
 from churnlens.features.relations import timestamp_literal
 from churnlens.settings import FeatureSettings
@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # the scoring path builds these queries' text without DuckDB
 
 
 def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str] = (),
-                     running_totals: bool = True, where: str | None = None) -> str:
+                     running_totals: bool = True, where: str | None = None,
+                     types: str | None = None) -> str:
     """Events of EVENTS per customer and day: total quantity, a bit per event type, value events.
 
     Event types beyond 64 share bits (their index modulo 64), so breadth is then a floor.
@@ -34,7 +35,9 @@ def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str
     running total up to and including that day, which `recency_sql` reads for many cutoffs
     (for one cutoff, `recent_days` and `recency_at_sql` need neither the totals, a window
     over every day that took most of the rollup's time, nor the days before the windows).
-    where: a condition on the events' columns that keeps only some of them.
+    where: a condition on the events' columns that keeps only some of them. types: a
+    from-item whose `event` column holds the same types as EVENTS (default: EVENTS), from
+    which the bits are numbered: a pass over every event less where WHERE keeps few.
     """
     per_type = "".join(f",\n {exact_sum('quantity', f'event = {sql_string(t)}')} "
                        f"AS type{i}_quantity" for i, t in enumerate(event_types))
@@ -46,7 +49,7 @@ def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str
     return f"""
         WITH type_bits AS (
             SELECT event, row_number() OVER (ORDER BY event) - 1 AS type_index
-            FROM (SELECT DISTINCT event FROM {events}) AS event_types),
+            FROM (SELECT DISTINCT event FROM {types or events}) AS event_types),
         typed AS (
             SELECT occurrence.customer_id, occurrence.event, occurrence.quantity,
                    {utc_day('occurrence.occurred_at')} AS day,
@@ -131,8 +134,8 @@ def recency_sql(daily: str, cutoffs: str, event_types: int = 0) -> str:
 
 def event_summary_sql(events: str, cutoffs: str) -> str:
     """Per customer and event type of EVENTS, for CUTOFFS of a single cutoff: the exact sum
-    of the quantities on days before the cutoff's day (`quantity`, NULL when none), the last
-    such day (`last_day`) and the first occurrence of any day (`first_at`).
+    (`exact_sum`) of the quantities on days before the cutoff's day (`quantity`, NULL when
+    none), the last such day (`last_day`) and the first occurrence of any day (`first_at`).
 
     Everything `recency_at_sql` and `first_value_sql` read of the events for one cutoff, in
     one pass: a customer's few types instead of their whole history. The Spark job stages
@@ -141,7 +144,7 @@ def event_summary_sql(events: str, cutoffs: str) -> str:
     before = f"{day} < known_at.cutoff"
     return f"""
         SELECT occurrence.customer_id, occurrence.event,
-               sum(CAST(occurrence.quantity AS {DECIMAL})) FILTER (WHERE {before}) AS quantity,
+               {exact_sum('occurrence.quantity', before)} AS quantity,
                max({day}) FILTER (WHERE {before}) AS last_day,
                min(occurrence.occurred_at) AS first_at
         FROM {events} AS occurrence CROSS JOIN {cutoffs} AS known_at
@@ -155,9 +158,9 @@ def recency_at_sql(summary: str, cutoffs: str, event_types: Sequence[str] = ()) 
     days), but for the totals of fractional quantities: an exact sum here, the rollup's
     running sum of doubles there, which can differ in the last bit (whole counts are exact
     in both)."""
-    totals = "".join(f", CAST(sum(per_type.quantity) FILTER (WHERE per_type.event = "
-                     f"{sql_string(t)}) AS DOUBLE) AS type{i}_total"
-                     for i, t in enumerate(event_types))
+    # One summary row per customer and type: its total is that row's (max of one value).
+    totals = "".join(f", max(per_type.quantity) FILTER (WHERE per_type.event = "
+                     f"{sql_string(t)}) AS type{i}_total" for i, t in enumerate(event_types))
     return f"""
         SELECT per_type.customer_id, known_at.cutoff{totals},
                {days_between('max(per_type.last_day)', 'known_at.cutoff')}

@@ -91,15 +91,19 @@ def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str,
 
     for table in STAGED_TABLES:
         write(table, spark.table(table).join(ids, "customer_id", "inner"))
-    spark.table("events").join(ids.select("customer_id"), "customer_id", "left_semi") \
-        .createOrReplaceTempView("staged_events")
+    # Both are per customer: aggregated over every customer's events first, then joined to
+    # the spine's, so the join meets a row per customer (and day or type), not every event.
+    # The rollup numbers its type bits from the summary's types (the spine's customers'),
+    # not from another pass over every event.
     spark.sql(to_spark_sql(f"SELECT {timestamp_literal(as_of)} AS cutoff")) \
         .createOrReplaceTempView("staged_cutoff")
+    write("event_summary", spark.sql(to_spark_sql(event_summary_sql("events", "staged_cutoff")))
+          .join(ids, "customer_id", "inner"))
+    read_staged(spark, staging, "event_summary", schemas["event_summary"]) \
+        .createOrReplaceTempView("staged_event_types")
     write("events_daily", spark.sql(to_spark_sql(events_daily_sql(
-        fs, "staged_events", event_types, running_totals=False, where=recent_days(fs, as_of))))
-        .join(ids, "customer_id", "inner"))
-    write("event_summary", spark.sql(to_spark_sql(event_summary_sql(
-        "staged_events", "staged_cutoff"))).join(ids, "customer_id", "inner"))
+        fs, "events", event_types, running_totals=False, where=recent_days(fs, as_of),
+        types="staged_event_types"))).join(ids, "customer_id", "inner"))
     return schemas
 
 

@@ -145,6 +145,43 @@ def test_translation_keeps_duckdb_semantics(spark):
     assert got == want == (10 / 86400, 3.5, 1)
 
 
+@pytest.mark.slow
+@needs_spark
+def test_exact_sums_are_duckdb_s_doubles(spark):
+    # `exact_sum` in Spark adds 64-bit integers: the doubles DuckDB's DECIMAL sums give, for
+    # fractions, signs, nulls, totals past 2**53 billionths and an empty FILTER.
+    import numpy as np
+    import pandas as pd
+
+    from churnlens.features.exact_sums import exact_sum
+
+    rng = np.random.default_rng(7)
+    n = 4_000
+    values = np.concatenate([rng.normal(0, 1e3, n), rng.integers(0, 20, n).astype(float),
+                             rng.uniform(-1, 1, n) * 1e-7, rng.uniform(0, 9.9e8, n),
+                             rng.uniform(-2, 2, n) * 10.0 ** rng.integers(-9, 9, n),
+                             [3.5e8 + 0.123456789] * 30, [-1e-9, -2.5e-9, -1.0000000025]])
+    groups = np.concatenate([rng.integers(0, 200, 5 * n), [200] * 30, [201] * 3])
+    values[rng.integers(0, 5 * n, 40)] = np.nan
+    frame = pd.DataFrame({"g": groups, "v": values, "c": rng.integers(0, 3, len(values))})
+    sql = (f"SELECT g, {exact_sum('v')} AS total, {exact_sum('v', 'c = 1')} AS ones, "
+           f"{exact_sum('v', 'c = 9')} AS none FROM t GROUP BY g ORDER BY g")
+    con = duckdb.connect()
+    con.register("t", frame.astype({"v": "Float64"}))  # NaN as NULL, as loading leaves it
+    want = con.sql(sql).df()
+    spark.createDataFrame(frame).selectExpr("g", "nanvl(v, NULL) AS v", "c") \
+        .createOrReplaceTempView("t")
+    got = spark.sql(to_spark_sql(sql)).toPandas()
+    assert want["total"].abs().max() > 2**53 / 1e9  # some totals take the long way
+    for column in ("total", "ones"):
+        assert np.array_equal(want[column], got[column], equal_nan=True)
+    assert got["none"].isna().all() and want["none"].isna().all()
+    spark.createDataFrame(pd.DataFrame({"g": [1], "v": [1e10], "c": [1]})) \
+        .createOrReplaceTempView("t")
+    with pytest.raises(Exception, match="v holds a value of 9e9 or more"):
+        spark.sql(to_spark_sql(sql)).collect()
+
+
 @pytest.fixture(scope="module")
 def spark_run(env, spark, tmp_path_factory) -> dict:
     """One uninterrupted Spark job, staged under a `batch.spark.staging` of its own: its
