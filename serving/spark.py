@@ -18,11 +18,11 @@ from churnlens.serving.chunks import BatchError
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 
 
-def to_spark_sql(sql: str) -> str:
-    """Feature SQL from DuckDB to Spark SQL (`churnlens.features.spark_dialect`); BatchError
-    for an expression that cannot keep DuckDB's result."""
+def to_spark_sql(sql: str, integer_sums: bool = False) -> str:
+    """Feature SQL from DuckDB to Spark SQL (`churnlens.features.spark_dialect`, with its
+    INTEGER_SUMS); BatchError for an expression that cannot keep DuckDB's result."""
     try:
-        return translate(sql)
+        return translate(sql, integer_sums)
     except TranslationError as exc:
         raise BatchError(str(exc)) from None
 
@@ -55,7 +55,9 @@ def spark_session(master: str | None):
         builder = (builder.config("spark.driver.bindAddress", "127.0.0.1")
                    .config("spark.ui.enabled", "false")
                    .config("spark.sql.shuffle.partitions", "4"))
+    # ANSI mode (Spark 4's default), kept: an exact sum's overflow is an error, not a wrap.
     spark = (builder.config("spark.sql.session.timeZone", "UTC")
+             .config("spark.sql.ansi.enabled", "true")
              .config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .getOrCreate())
@@ -68,3 +70,17 @@ def spark_session(master: str | None):
         spark.conf.set(SHUFFLE_PARTITIONS, str(2 * spark.sparkContext.defaultParallelism))
     return spark
 
+
+
+OVERFLOW = ("a quantity or amount of 9.2e9 or more: the Spark engine sums them exactly in "
+            "64-bit integers of billionths, which such a value overflows; use the local engine "
+            "(--engine local) or store the column in larger units")
+
+
+def overflow_error(exc: Exception) -> BatchError | None:
+    """The BatchError for Spark's CAST_OVERFLOW in an exact sum (see
+    `churnlens.features.spark_dialect`), None for any other error."""
+    text = str(exc)
+    if "CAST_OVERFLOW" in text or "ARITHMETIC_OVERFLOW" in text:
+        return BatchError(f"{OVERFLOW} (Spark: {text.splitlines()[0][:200]})")
+    return None

@@ -27,7 +27,7 @@ from churnlens.features.queries import feature_sql
 from churnlens.features.shapes import resolve_churn
 from churnlens.serving.chunks import BatchError
 from churnlens.serving.parts import OutputLock
-from churnlens.serving.spark import spark_session, to_spark_sql
+from churnlens.serving.spark import overflow_error, spark_session, to_spark_sql
 from churnlens.serving.spark_files import Files, drift_path, is_local, join, sibling
 from churnlens.serving.spark_output import check_options, clear_leftovers, open_output, publish
 from churnlens.serving.spark_score import score_chunk
@@ -93,6 +93,11 @@ def run_spark_batch(job, settings: Settings, log=print, progress: bool = True, s
                 r = _run_locked(job, out, settings, spark, files, log, progress)
         else:
             r = _run_locked(job, out, settings, spark, files, log, progress)
+    except Exception as exc:
+        error = overflow_error(exc)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if owns:
             spark.stop()

@@ -91,19 +91,21 @@ def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str,
 
     for table in STAGED_TABLES:
         write(table, spark.table(table).join(ids, "customer_id", "inner"))
-    # Both are per customer: aggregated over every customer's events first, then joined to
-    # the spine's, so the join meets a row per customer (and day or type), not every event.
-    # The rollup numbers its type bits from the summary's types (the spine's customers'),
-    # not from another pass over every event.
+    # Both are per customer, with exact sums in integers (every event passes through them):
+    # aggregated over every customer's events first, then joined to the spine's, so the join
+    # meets a row per customer (and day or type), not every event. The rollup numbers its
+    # type bits from the summary's types (the spine's customers'), not from another pass
+    # over every event.
     spark.sql(to_spark_sql(f"SELECT {timestamp_literal(as_of)} AS cutoff")) \
         .createOrReplaceTempView("staged_cutoff")
-    write("event_summary", spark.sql(to_spark_sql(event_summary_sql("events", "staged_cutoff")))
+    write("event_summary", spark.sql(to_spark_sql(event_summary_sql("events", "staged_cutoff"),
+                                                  integer_sums=True))
           .join(ids, "customer_id", "inner"))
     read_staged(spark, staging, "event_summary", schemas["event_summary"]) \
         .createOrReplaceTempView("staged_event_types")
     write("events_daily", spark.sql(to_spark_sql(events_daily_sql(
         fs, "events", event_types, running_totals=False, where=recent_days(fs, as_of),
-        types="staged_event_types"))).join(ids, "customer_id", "inner"))
+        types="staged_event_types"), integer_sums=True)).join(ids, "customer_id", "inner"))
     return schemas
 
 
