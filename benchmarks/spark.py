@@ -99,8 +99,9 @@ def _name(p) -> str:
 
 def job_run(source: Path, out: Path, env: dict, engine: str, cluster) -> dict:
     """One `churnlens score` job; its rate, seconds and peak memory (MiB) by part."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.unlink(missing_ok=True)
+    # The job's folder, with what an interrupted run left beside OUT (OUT.tmp, OUT.lock,
+    # OUT.staging), which the job refuses to touch without --resume or --overwrite.
+    shutil.rmtree(out.parent, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     args = ["score", "--source", str(source), "--as-of", AS_OF, "--out", str(out)]
     if engine != "local":
