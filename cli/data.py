@@ -129,7 +129,6 @@ def _features_spark(args: argparse.Namespace) -> None:
     if "://" not in source and not Path(source).exists():
         raise UsageError(f"data source {source} not found: write sample data with `churnlens "
                          "sample-data`, or set data.source in params.yaml (or pass --source)")
-    from churnlens.serving.spark import overflow_error
     from churnlens.serving.spark_features import spark_snapshot
     from churnlens.serving.spark_job import session_for
 
@@ -140,11 +139,6 @@ def _features_spark(args: argparse.Namespace) -> None:
     try:
         snap = spark_snapshot(spark, source, args.as_of, settings, out,
                               overwrite=args.overwrite, log=say)
-    except Exception as exc:
-        error = overflow_error(exc)
-        if error is None:
-            raise
-        raise error from None
     finally:
         spark.stop()
     for note in snap.notes:

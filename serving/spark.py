@@ -71,7 +71,6 @@ def spark_session(master: str | None):
     return spark
 
 
-
 OVERFLOW = ("a quantity or amount of 9.2e9 or more: the Spark engine sums them exactly in "
             "64-bit integers of billionths, which such a value overflows; use the local engine "
             "(--engine local) or store the column in larger units")
