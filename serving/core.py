@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from churnlens.training.bundle import ChurnModel
-from churnlens.training.drivers import explain
+from churnlens.training.drivers import DriverColumns, explain_columns
 from churnlens.training.scoring import (
     SURVIVAL_DAYS,
     FeatureInputError,
@@ -47,7 +47,7 @@ class Scored:
     as_of: list[str]  # YYYY-MM-DD
     lifecycle_stage: list
     scores: dict[str, np.ndarray]  # the columns of `score_frame`
-    drivers: list[list[dict]]  # per row, JSON-friendly values
+    drivers: DriverColumns  # JSON-friendly values
 
 
 def score_columns(model: ChurnModel, frame: pd.DataFrame | Prepared,
@@ -60,10 +60,10 @@ def score_columns(model: ChurnModel, frame: pd.DataFrame | Prepared,
     if with_drivers:
         contrib = model.risk.contributions(rows.risk, num_threads=num_threads)
         # JSON-friendly already: explain gives str, float or None values.
-        drivers = explain(checked, contrib, model.features, model.playbooks, model.top_n,
-                          typical=model.risk.typical_)
+        drivers = explain_columns(checked, contrib, model.features, model.playbooks,
+                                  model.top_n, typical=model.risk.typical_)
     else:
-        drivers = [[] for _ in range(len(checked))]
+        drivers = DriverColumns.empty(len(checked))
     return Scored(customer_id=[str(v) for v in checked["customer_id"].tolist()],
                   as_of=_dates(checked["cutoff"] if as_of is None else list(as_of)),
                   lifecycle_stage=[_clean(v) for v in checked["lifecycle_stage"].tolist()],
@@ -86,7 +86,7 @@ def score_records(model: ChurnModel, frame: pd.DataFrame | Prepared,
     surv = [scores[f"survival_{d}"].tolist() for d in SURVIVAL_DAYS]
     remaining = scores["expected_remaining_days"].tolist()
     ltv = scores["expected_ltv"].tolist()
-    ref = model.info_ref
+    ref, drivers = model.info_ref, c.drivers.rows()
     return [{
         "customer_id": c.customer_id[i],
         "as_of": c.as_of[i],
@@ -99,7 +99,7 @@ def score_records(model: ChurnModel, frame: pd.DataFrame | Prepared,
         "expected_remaining_days": remaining[i],
         "expected_ltv": ltv[i],
         "currency": model.currency,
-        "drivers": c.drivers[i],
+        "drivers": drivers[i],
     } for i in range(len(c.customer_id))]
 
 

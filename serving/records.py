@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from churnlens.serving.core import SURVIVAL_DAYS, Scored, score_columns
 from churnlens.training.bundle import ChurnModel
+from churnlens.training.drivers import DIRECTION
 
 SCORE_ROWS = 10_000  # rows scored at once: bounds the driver dicts alive at a time
 
@@ -82,13 +83,16 @@ def _columns_table(model: ChurnModel, c: Scored) -> pa.Table:
     n, sc = len(c.customer_id), c.scores
     ref = {k: None if v is None else str(v) for k, v in model.info_ref.items()}
     model_type, surv_type = RECORD_SCHEMA.field("model").type, RECORD_SCHEMA.field("survival").type
-    offsets, flat = [0], []
-    for row in c.drivers:
-        for d in row:
-            v = d["value"]
-            flat.append({**d, "value": None if isinstance(v, str) else v,
-                         "category": v if isinstance(v, str) else None})
-        offsets.append(len(flat))
+    d = c.drivers
+    numbers = [None if isinstance(v, str) else v for v in d.value]
+    levels = [v if isinstance(v, str) else None for v in d.value]
+    flat = pa.StructArray.from_arrays(
+        [pa.array(d.name, pa.string()), pa.array(d.feature, pa.string()),
+         pa.array(numbers, pa.float64()), pa.array(levels, pa.string()),
+         pa.array(d.contribution, pa.float64()),
+         pa.array([DIRECTION] * len(d.name), pa.string()),
+         pa.array(d.text, pa.string()), pa.array(d.playbook, pa.string())],
+        fields=list(_DRIVER))
     days = {s: date.fromisoformat(s) for s in set(c.as_of)}
     columns = {
         "customer_id": pa.array(c.customer_id, pa.string()),
@@ -104,8 +108,7 @@ def _columns_table(model: ChurnModel, c: Scored) -> pa.Table:
         "expected_remaining_days": pa.array(sc["expected_remaining_days"], pa.float64()),
         "expected_ltv": pa.array(sc["expected_ltv"], pa.float64()),
         "currency": pa.array([model.currency] * n, pa.string()),
-        "drivers": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
-                                            pa.array(flat, _DRIVER)),
+        "drivers": pa.ListArray.from_arrays(pa.array(d.offsets, pa.int32()), flat),
     }
     return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
 

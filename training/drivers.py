@@ -23,13 +23,14 @@ import pandas as pd
 
 from churnlens.features.queries import Feature
 from churnlens.settings import DRIVER_GROUPS, PlaybookSettings, TierSettings
-from churnlens.training.sentences import Columns, rounded, rounded_as, rounding, sentence
+from churnlens.training.sentences import Columns, rounded, rounded_as, rounding
 
 TIER_NAMES = np.array(["low", "medium", "high", "critical"])
 # A driver raises the log-odds of churning by at least this much (the odds by about 5%):
 # below it a TreeSHAP attribution is the trees' noise, and a customer-success team would be
 # sent to act on a value that barely moves the risk ("first value took 1 day" at +0.016).
 MIN_CONTRIBUTION = 0.05
+DIRECTION = "raises risk"  # every driver's direction: only risk-raising groups are drivers
 # Layouts of recently seen (features, typical) pairs (a model's), by the identity of the two
 # objects; an entry is used only while both still equal the copies it keeps, so that a list
 # or mapping changed in place, or a new object at a recycled address, gets a new layout.
@@ -179,6 +180,46 @@ def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Fea
     (the group's, from PLAYBOOKS). Raises ValueError on misaligned inputs, missing columns,
     an unknown group or top_n < 1.
     """
+    return explain_columns(frame, contributions, features, playbooks, top_n, typical).rows()
+
+
+@dataclass(frozen=True)
+class DriverColumns:
+    """The drivers of many rows as flat columns, one entry per driver: row i's drivers are
+    entries offsets[i] to offsets[i + 1], largest first. `rows` gives `explain`'s dicts;
+    the batch scorer builds its Arrow column straight from these lists."""
+
+    offsets: np.ndarray  # int64, rows + 1
+    name: list[str]
+    feature: list[str]
+    value: list  # float, str or None
+    contribution: list[float]
+    text: list[str]
+    playbook: list[str]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def rows(self) -> list[list[dict]]:
+        """Each row's drivers as dicts (see `explain`)."""
+        drivers = [{"name": n, "feature": f, "value": v, "contribution": c,
+                    "direction": DIRECTION, "text": t, "playbook": p}
+                   for n, f, v, c, t, p in zip(self.name, self.feature, self.value,
+                                               self.contribution, self.text, self.playbook,
+                                               strict=True)]
+        bounds = self.offsets.tolist()
+        return [drivers[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    @classmethod
+    def empty(cls, rows: int) -> DriverColumns:
+        """No driver for any of ROWS rows."""
+        return cls(np.zeros(rows + 1, dtype=np.int64), [], [], [], [], [], [])
+
+
+def explain_columns(frame: pd.DataFrame, contributions: pd.DataFrame,
+                    features: list[Feature], playbooks: PlaybookSettings, top_n: int,
+                    typical: Mapping[str, float | str | None] | None = None) -> DriverColumns:
+    """`explain`'s drivers as flat columns (`DriverColumns`), without a dict per driver."""
     _check_inputs(frame, contributions, features, top_n)
     typical = typical if typical else _NO_TYPICAL
     layout = _layout(features, typical)
@@ -200,21 +241,22 @@ def explain(frame: pd.DataFrame, contributions: pd.DataFrame, features: list[Fea
 
 def _drivers(layout: _Layout, playbooks: PlaybookSettings, columns: Columns,
              listed: np.ndarray, order: np.ndarray, top_feature: np.ndarray,
-             totals: np.ndarray) -> list[list[dict]]:
-    """The driver dicts of each row from `explain`'s arrays: the listed groups in ORDER."""
+             totals: np.ndarray) -> DriverColumns:
+    """The drivers of each row from `explain`'s arrays: the listed groups in ORDER."""
     # Listed groups sort before the others (-inf), so each row's drivers are a prefix of
     # its ORDER; nonzero walks them row by row, largest first.
     rows, ranks = np.nonzero(np.take_along_axis(listed, order, axis=1))
     group = order[rows, ranks]
+    feature = top_feature[rows, group]
     names, groups = layout.names, layout.groups
     books = [getattr(playbooks, g) for g in groups]
-    out: list[list[dict]] = [[] for _ in range(len(listed))]
-    for i, g, j, total in zip(rows.tolist(), group.tolist(), top_feature[rows, group].tolist(),
-                              totals[rows, group].tolist(), strict=True):
-        name = names[j]
-        out[i].append({
-            "name": groups[g], "feature": name, "value": columns.value(name, i),
-            "contribution": total, "direction": "raises risk",
-            "text": sentence(columns, i, name), "playbook": books[g],
-        })
-    return out
+    row_list, feature_list = rows.tolist(), feature.tolist()
+    told = [names[j] for j in feature_list]
+    return DriverColumns(
+        offsets=np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(listed)))]),
+        name=[groups[g] for g in group.tolist()],
+        feature=told,
+        value=[columns.value(n, i) for n, i in zip(told, row_list, strict=True)],
+        contribution=totals[rows, group].tolist(),
+        text=[columns.sentence(n, i) for n, i in zip(told, row_list, strict=True)],
+        playbook=[books[g] for g in group.tolist()])

@@ -37,10 +37,45 @@ class Columns:
         self._rounded: dict[str, list] = {}
         self._typical_rounded: dict[str, float] = {}
         self._typical_text: dict[str, str] = {}
+        self._inputs: dict[str, list[list]] = {}
+        self._sentences: dict[tuple, str] = {}
+        self._whole: dict[str, list] = {}
 
     def value(self, name: str, i: int) -> float | str | None:
         """A plain value: float for numbers, str for categories, None when unknown."""
         return self._column(name)[i]
+
+    def sentence(self, name: str, i: int) -> str:
+        """`sentence` for row I's NAME, written once per distinct set of the values it reads
+        (`reads`; in whole days where it reads only those, `in_whole_days`): a base shares
+        most of them, and writing one cost more than the scores of its row."""
+        inputs = self._inputs.get(name)
+        if inputs is None:
+            days = in_whole_days(name)
+            inputs = self._inputs[name] = [self._whole_days(n) if n in days else self._column(n)
+                                           for n in reads(name)]
+        key = (name, *[column[i] for column in inputs])
+        text = self._sentences.get(key)
+        if text is None:
+            text = self._sentences[key] = sentence(self, i, name)
+        return text
+
+    def _whole_days(self, name: str) -> list:
+        """NAME's values rounded to whole days (None stays None), as keys of `sentence`;
+        its plain values when some are not numbers."""
+        whole = self._whole.get(name)
+        if whole is None:
+            plain = self._column(name)
+            if all(v is None or isinstance(v, float) for v in plain):
+                numbers = np.round(np.array([np.nan if v is None else v for v in plain],
+                                            dtype=float))
+                out = numbers.astype(object)
+                out[np.isnan(numbers)] = None
+                whole = out.tolist()
+            else:
+                whole = plain
+            self._whole[name] = whole
+        return whole
 
     def shown_as_typical(self, name: str, i: int) -> bool:
         """Whether row I's value of NAME, a number, reads as the typical value of NAME (a
@@ -275,6 +310,34 @@ _SENTENCES: dict[str, Callable[[Columns, int, str], str]] = {
     "days_to_renewal": _renewal,
     "tenure_days": _tenure,
 }
+
+
+# The features a template reads beside the one it tells (every template may read that one).
+_READS: dict[Callable[[Columns, int, str], str], tuple[str, ...]] = {
+    _active_days: ("active_days_30d", "active_days_prev_30d"),
+    _events_trend: ("events_trend_30d", "events_30d"),
+    _nps: ("nps_latest", "nps_change"),
+    _first_value: ("days_to_first_value", "reached_first_value", "tenure_days"),
+}
+# Templates that read each of their features counted in days (`rounding` "days") only in
+# whole days (`_day_count`; `_vs` compares rounded values, and rounding keeps the order).
+_WHOLE_DAYS = (_renewal, _tenure, _first_value)
+
+
+def reads(name: str) -> tuple[str, ...]:
+    """The features whose values at a row NAME's sentence reads (NAME first): given the
+    model's labels and typical values, equal values of these give equal sentences."""
+    return (name, *_READS.get(_SENTENCES.get(name, _generic), ()))
+
+
+def in_whole_days(name: str) -> frozenset[str]:
+    """The features of `reads(name)` that NAME's sentence reads only in whole days."""
+    template = _SENTENCES.get(name, _generic)
+    if template in _WHOLE_DAYS:
+        return frozenset(n for n in reads(name) if rounding(n) == "days")
+    if template is _count and name.startswith("days_"):  # `_count` rounds these
+        return frozenset((name,))
+    return frozenset()
 
 
 def sentence(columns: Columns, i: int, name: str) -> str:

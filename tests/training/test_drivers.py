@@ -19,6 +19,7 @@ from churnlens.features.sample import generate_sample, write_sample
 from churnlens.settings import FeatureSettings, PlaybookSettings, Settings, TierSettings
 from churnlens.training.drivers import MIN_CONTRIBUTION, explain, risk_tier
 from churnlens.training.risk import RiskModel
+from churnlens.training.sentences import Columns, in_whole_days, reads, sentence
 from churnlens.training.split import temporal_split
 
 FEATURES = feature_list(FeatureSettings(), {"segment": "str"})
@@ -361,3 +362,60 @@ def test_drivers_equal_the_per_row_implementation(fitted, tmp_path, seed):
     for i in range(0, len(rows), max(1, len(rows) // 40)):
         one = [rows.iloc[[i]], contrib.iloc[[i]], model.features, PLAYBOOKS, 3, model.typical_]
         assert explain(*one) == old_explain(*one)
+
+
+class _Recording(Columns):
+    """Columns that note every feature a sentence reads."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def value(self, name, i):
+        self.read.add(name)
+        return super().value(name, i)
+
+    def shown_as_typical(self, name, i):
+        self.read.add(name)
+        return super().shown_as_typical(name, i)
+
+
+def _days_rows(n: int, seed: int) -> pd.DataFrame:
+    """N rows with each numeric feature drawn around its typical value, at half days (where
+    rounding to whole days ties), at whole numbers, missing or infinite."""
+    rng = np.random.default_rng(seed)
+    frame = _frame(*[{}] * n)
+    for f in FEATURES:
+        if f.kind != "numeric":
+            continue
+        centre = TYPICAL.get(f.name, 3.0)
+        values = np.round(centre + rng.normal(0, 3, n) * 2) / 2  # whole and half values
+        values = np.where(rng.random(n) < 0.3, values + rng.uniform(-0.6, 0.6, n), values)
+        values[rng.random(n) < 0.1] = np.nan
+        values[rng.random(n) < 0.01] = np.inf
+        frame[f.name] = values
+    frame["reached_first_value"] = rng.integers(0, 2, n).astype(float)
+    return frame
+
+
+@pytest.mark.parametrize("typical", [TYPICAL, {}])
+def test_a_sentence_written_once_per_value_set_equals_the_sentence_of_its_row(typical):
+    frame = _days_rows(3000, seed=3)
+    labels = {f.name: f.label for f in FEATURES}
+    written = 0
+    for f in FEATURES:
+        if f.kind != "numeric":
+            continue
+        shared, recording = Columns(frame, labels, typical), _Recording(frame, labels, typical)
+        for i in range(len(frame)):
+            try:
+                expected = sentence(recording, i, f.name)
+            except OverflowError:  # infinite days have no sentence, cached or not
+                with pytest.raises(OverflowError):
+                    shared.sentence(f.name, i)
+                continue
+            assert shared.sentence(f.name, i) == expected, (f.name, i)
+        # The cache is keyed by what `reads` names: a sentence reading more would be wrong.
+        assert recording.read <= set(reads(f.name)), f.name
+        written += len(shared._sentences)
+    assert written < 0.5 * len(frame) * sum(f.kind == "numeric" for f in FEATURES)
