@@ -19,7 +19,7 @@ from churnlens.features.sample import generate_sample, write_sample
 from churnlens.settings import FeatureSettings, PlaybookSettings, Settings, TierSettings
 from churnlens.training.drivers import MIN_CONTRIBUTION, explain, risk_tier
 from churnlens.training.risk import RiskModel
-from churnlens.training.sentences import Columns, in_whole_days, reads, sentence
+from churnlens.training.sentences import Columns, reads, sentence
 from churnlens.training.split import temporal_split
 
 FEATURES = feature_list(FeatureSettings(), {"segment": "str"})
