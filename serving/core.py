@@ -61,13 +61,20 @@ def score_columns(model: ChurnModel, frame: pd.DataFrame | Prepared,
         contrib = model.risk.contributions(rows.risk, num_threads=num_threads)
         # JSON-friendly already: explain gives str, float or None values.
         drivers = explain_columns(checked, contrib, model.features, model.playbooks,
-                                  model.top_n, typical=model.risk.typical_)
+                                  model.top_n, typical=model.risk.typical_,
+                                  matrix=rows.risk if _risk_in_feature_order(model) else None)
     else:
         drivers = DriverColumns.empty(len(checked))
     return Scored(customer_id=[str(v) for v in checked["customer_id"].tolist()],
                   as_of=_dates(checked["cutoff"] if as_of is None else list(as_of)),
                   lifecycle_stage=[_clean(v) for v in checked["lifecycle_stage"].tolist()],
                   scores=scores, drivers=drivers)
+
+
+def _risk_in_feature_order(model: ChurnModel) -> bool:
+    """Whether the risk model's encoded matrix has a column per feature of MODEL.features,
+    in order (what `explain_columns` reads it as)."""
+    return model.risk.feature_names == [f.name for f in model.features]
 
 
 def score_records(model: ChurnModel, frame: pd.DataFrame | Prepared,

@@ -134,22 +134,31 @@ def _contribution_values(contributions: pd.DataFrame, names: list[str]) -> np.nd
     return contributions[names].to_numpy(dtype=float)
 
 
-def _at_typical(frame: pd.DataFrame, layout: _Layout) -> tuple[np.ndarray, dict]:
+def _at_typical(frame: pd.DataFrame, layout: _Layout, matrix: np.ndarray | None = None
+                ) -> tuple[np.ndarray, dict]:
     """(rows, features): True where a row's value is the typical one as its sentence shows
-    it (such a value cannot say why it raises risk); and the float64 columns read."""
+    it (such a value cannot say why it raises risk); and the float64 columns read.
+
+    matrix: the rows' numeric values as (rows, features) in `layout.names` order (the risk
+    model's encoded matrix), read instead of FRAME's columns: one row's 80 column reads
+    from a frame cost more than its scores."""
     # Column-major: each column is written in one contiguous piece.
     out = np.zeros((len(frame), len(layout.names)), dtype=bool, order="F")
     numbers = {}
     for rule, positions, names, typical in layout.numeric:
-        matrix = np.empty((len(frame), len(names)), order="F")
+        if matrix is not None:
+            values = matrix[:, positions]
+            numbers.update((name, values[:, k]) for k, name in enumerate(names))
+            out[:, positions] = rounded_as(rule, values) == typical
+            continue
+        values = np.empty((len(frame), len(names)), order="F")
         for k, name in enumerate(names):
             column = frame[name]
             if column.dtype == np.float64:  # checked rows: read as is, no NA conversion
-                values = numbers[name] = column.to_numpy()
+                values[:, k] = numbers[name] = column.to_numpy()
             else:
-                values = column.to_numpy(dtype="float64", na_value=np.nan)
-            matrix[:, k] = values
-        out[:, positions] = rounded_as(rule, matrix) == typical
+                values[:, k] = column.to_numpy(dtype="float64", na_value=np.nan)
+        out[:, positions] = rounded_as(rule, values) == typical
     for j, name, level in layout.categories:
         out[:, j] = _is_level(frame[name], level)
     return out, numbers
@@ -218,13 +227,21 @@ class DriverColumns:
 
 def explain_columns(frame: pd.DataFrame, contributions: pd.DataFrame,
                     features: list[Feature], playbooks: PlaybookSettings, top_n: int,
-                    typical: Mapping[str, float | str | None] | None = None) -> DriverColumns:
-    """`explain`'s drivers as flat columns (`DriverColumns`), without a dict per driver."""
+                    typical: Mapping[str, float | str | None] | None = None,
+                    matrix: np.ndarray | None = None) -> DriverColumns:
+    """`explain`'s drivers as flat columns (`DriverColumns`), without a dict per driver.
+
+    matrix: FRAME's rows as the risk model encodes them (`RiskModel.encode`: a column per
+    feature in FEATURES order, numeric ones the float64 values of FRAME's), read instead of
+    FRAME's numeric columns."""
     _check_inputs(frame, contributions, features, top_n)
     typical = typical if typical else _NO_TYPICAL
     layout = _layout(features, typical)
     values = _contribution_values(contributions, layout.names)
-    at_typical, numbers = _at_typical(frame, layout)
+    if matrix is not None and matrix.shape != (len(frame), len(features)):
+        raise ValueError(f"matrix has shape {matrix.shape}; the rows' encoded matrix has "
+                         f"({len(frame)}, {len(features)})")
+    at_typical, numbers = _at_typical(frame, layout, matrix)
     members = layout.members
     totals = np.column_stack([values[:, m].sum(axis=1) for m in members])
     telling = np.where((values > 0) & ~at_typical, values, 0.0)

@@ -17,7 +17,7 @@ from churnlens.features.loading import load_source
 from churnlens.features.queries import feature_list
 from churnlens.features.sample import generate_sample, write_sample
 from churnlens.settings import FeatureSettings, PlaybookSettings, Settings, TierSettings
-from churnlens.training.drivers import MIN_CONTRIBUTION, explain, risk_tier
+from churnlens.training.drivers import MIN_CONTRIBUTION, explain, explain_columns, risk_tier
 from churnlens.training.risk import RiskModel
 from churnlens.training.sentences import Columns, reads, sentence
 from churnlens.training.split import temporal_split
@@ -419,3 +419,17 @@ def test_a_sentence_written_once_per_value_set_equals_the_sentence_of_its_row(ty
         assert recording.read <= set(reads(f.name)), f.name
         written += len(shared._sentences)
     assert written < 0.5 * len(frame) * sum(f.kind == "numeric" for f in FEATURES)
+
+
+@pytest.mark.parametrize("seed", [None, 4])
+def test_drivers_read_from_the_encoded_matrix_equal_those_read_from_the_frame(fitted, seed):
+    rows, contrib, drivers, model = fitted
+    if seed is not None:  # missing values, typical values and values at rounding edges
+        rows = _varied(rows, model, seed)
+        contrib = model.contributions(rows)
+    args = (rows, contrib, model.features, PLAYBOOKS, 3, model.typical_)
+    from_matrix = explain_columns(*args, matrix=model.encode(rows))
+    assert len(from_matrix.text) > len(rows)
+    assert from_matrix.rows() == explain(*args)
+    with pytest.raises(ValueError, match="shape"):
+        explain_columns(*args, matrix=model.encode(rows)[:, 1:])
