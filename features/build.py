@@ -54,17 +54,21 @@ class FeatureFrame:
 
 def build_events_daily(con: duckdb.DuckDBPyConnection, fs: FeatureSettings,
                        sources: Sources = LOADED, event_types: Sequence[str] = (),
-                       cutoff: pd.Timestamp | None = None) -> duckdb.DuckDBPyRelation:
+                       cutoff: pd.Timestamp | None = None,
+                       types: duckdb.DuckDBPyRelation | None = None) -> duckdb.DuckDBPyRelation:
     """The events of SOURCES rolled up per customer and day (`events_daily_sql`), computed once.
 
     event_types: the types counted one by one (`churnlens.features.catalog.event_types_of`
     the features that will read the rollup); cutoff: the one cutoff the rollup is read for
     (`feature_sql(..., one_cutoff=True)`): only the days its usage windows read, without
-    running totals. The relation reads a temporary table (`relations.drop` removes it).
+    running totals. types: a relation whose `event` column holds the event types of
+    SOURCES (`events_daily_sql`'s types), so that the rollup need not find them in every
+    event. The relation reads a temporary table (`relations.drop` removes it).
     """
-    sql = (events_daily_sql(fs, sources.events, event_types) if cutoff is None else
-           events_daily_sql(fs, sources.events, event_types, running_totals=False,
-                            where=recent_days(fs, cutoff)))
+    known = None if types is None else from_item(types)
+    sql = (events_daily_sql(fs, sources.events, event_types, types=known) if cutoff is None
+           else events_daily_sql(fs, sources.events, event_types, running_totals=False,
+                                 where=recent_days(fs, cutoff), types=known))
     return materialise(con, sql, "events_daily")
 
 
@@ -72,7 +76,8 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
                      fs: FeatureSettings, attributes: dict[str, str], *,
                      sources: Sources = LOADED, daily: duckdb.DuckDBPyRelation | None = None,
                      labels: duckdb.DuckDBPyRelation | None = None,
-                     features: Sequence[Feature] | None = None) -> pd.DataFrame:
+                     features: Sequence[Feature] | None = None,
+                     event_types: duckdb.DuckDBPyRelation | None = None) -> pd.DataFrame:
     """Features for every row of SPINE (customer_id, cutoff), as a pandas frame.
 
     features: the columns to build (`churnlens.features.catalog.plan_for_source`, or a
@@ -81,7 +86,8 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     rollup of `build_events_daily` over the same customers with the event types of FEATURES,
     built here (and dropped afterwards) when None; labels: a relation from
     `churnlens.features.labels.build_labels`, joined in DuckDB so that only one frame is ever
-    materialised in pandas. Returns rows sorted by customer_id then cutoff: customer_id (str),
+    materialised in pandas. event_types: the types of SOURCES' events, for the rollup built
+    here (`build_events_daily`'s types). Returns rows sorted by customer_id then cutoff: customer_id (str),
     cutoff, FEATURES (numeric ones float64) and LABEL_COLUMNS if given.
     """
     features = feature_list(fs, attributes) if features is None else features
@@ -89,7 +95,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
                              f"FROM {from_item(spine)} AS spine").fetchall()[0]
     one_cutoff = cutoffs == 1
     own_daily = (build_events_daily(con, fs, sources, event_types_of(features),
-                                    cutoff=first if one_cutoff else None)
+                                    cutoff=first if one_cutoff else None, types=event_types)
                  if daily is None else None)
     try:
         sql = feature_sql(fs, features, spine=from_item(spine),

@@ -9,7 +9,7 @@ import pyarrow as pa
 from churnlens.features.build import build_events_daily, compute_features
 from churnlens.features.catalog import event_types_of
 from churnlens.features.loading import DataSet
-from churnlens.features.relations import LOADED, drop
+from churnlens.features.relations import LOADED, drop, from_item, materialise
 from churnlens.serving.chunks import Chunk
 from churnlens.serving.records import score_table
 from churnlens.settings import Settings
@@ -49,9 +49,14 @@ class LocalEngine:
             # the loaded tables to its temp folder instead of holding all of them, so peak
             # memory does not grow with the base.
             con.execute(f"SET memory_limit = '{memory_limit}'")
-        types = con.sql(f"SELECT count(DISTINCT event) FROM {LOADED.events}").fetchall()[0][0]
+        # The base's event types, found once: each chunk's rollup numbers its bits from them
+        # instead of finding them in the chunk's events (a third of the rollup's time).
+        self.event_types = materialise(con, f"SELECT DISTINCT event FROM {LOADED.events}",
+                                       "event_types")
+        types = con.sql(f"SELECT count(*) FROM {from_item(self.event_types)} AS t").fetchall()[0][0]
         self.base_daily = (None if types <= 64 else build_events_daily(
-            con, settings.features, LOADED, event_types_of(model.features)))
+            con, settings.features, LOADED, event_types_of(model.features),
+            types=self.event_types))
 
     def features(self, chunk: Chunk) -> pd.DataFrame:
         """Feature rows of the chunk's customers, exactly as `build_snapshot` gives them."""
@@ -59,12 +64,13 @@ class LocalEngine:
         daily = None if self.base_daily is None else self.base_daily.filter(where)
         return compute_features(self.ds.con, self.spine.filter(where), self.settings.features,
                                 self.ds.attributes, sources=LOADED.where(where), daily=daily,
-                                features=self.model.features)
+                                features=self.model.features, event_types=self.event_types)
 
     def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
         frame = self.features(chunk)
         return score_table(self.model, frame), frame
 
     def close(self) -> None:
-        """Drop the whole-base rollup, if any; the DataSet itself belongs to the caller."""
-        drop(self.ds.con, self.base_daily)
+        """Drop the whole-base rollup, if any, and the event types; the DataSet itself
+        belongs to the caller."""
+        drop(self.ds.con, self.base_daily, self.event_types)
