@@ -27,11 +27,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churnlens.features.extent import check_as_of
@@ -179,14 +181,42 @@ def _score_chunks(engine: Engine, chunks: list[Chunk], parts: Path, reference: d
     bar = tqdm(total=sum(c.count for c in chunks),
                initial=sum(c.count for c in chunks if c.index in done),
                unit=" customers", file=sys.stderr, disable=not progress, smoothing=0.1)
-    with bar:
-        for chunk in todo:
-            records, features = engine.score(chunk)
-            write_part(records, chunk, chunk_stats(features, records, reference,
-                                                   ltv_horizon_days), parts)
-            bar.update(chunk.count)
-            del records, features
-            _release_free_memory()
+
+    def scored(features: pd.DataFrame) -> tuple[pa.Table, dict]:
+        records = engine.records(features)
+        return records, chunk_stats(features, records, reference, ltv_horizon_days)
+
+    def commit(chunk: Chunk, future: Future) -> None:
+        records, stats = future.result()
+        write_part(records, chunk, stats, parts)
+        bar.update(chunk.count)
+        del records, stats
+        _release_free_memory()
+
+    # A chunk is scored in a worker thread while the next chunk's features are computed
+    # here: DuckDB works outside the GIL, and scoring holds it for its Python parts, so
+    # the two fill each other's idle core. At most two chunks are held at once.
+    pending: tuple[Chunk, Future] | None = None
+    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="churnlens-score") as pool:
+        try:
+            for chunk in todo:
+                features = engine.features(chunk)
+                if pending is not None:
+                    previous, pending = pending, None
+                    commit(*previous)
+                pending = (chunk, pool.submit(scored, features))
+                del features
+            if pending is not None:
+                previous, pending = pending, None
+                commit(*previous)
+        except BaseException:
+            # Nothing computed is lost: the chunk being scored is finished and written (and
+            # kept by --resume) before the error goes on; it takes a second or two.
+            if pending is not None:
+                wait([pending[1]])
+                if pending[1].exception() is None:
+                    commit(*pending)
+            raise
     return len(done)
 
 

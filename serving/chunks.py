@@ -45,13 +45,21 @@ def plan_chunks(ids: pa.Array, chunk_size: int) -> list[Chunk]:
 
 
 class Engine(Protocol):
-    """Computes and scores one chunk at a time; `close` releases what it holds."""
+    """Computes one chunk's features, then scores them; `close` releases what it holds.
+
+    The job calls `features` from its own thread and `records` from a worker thread, so a
+    chunk is scored while the next one's features are computed: `records` must not touch
+    what `features` uses (the local engine's DuckDB connection)."""
 
     name: str
 
-    def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
-        """The chunk's score records (RECORD_SCHEMA) and the feature rows they came from
-        (customer_id, the model's features and mrr), in customer_id order."""
+    def features(self, chunk: Chunk) -> pd.DataFrame:
+        """The feature rows of the chunk's customers (customer_id, cutoff, the model's
+        features and mrr), in customer_id order."""
+        ...
+
+    def records(self, features: pd.DataFrame) -> pa.Table:
+        """The score records (RECORD_SCHEMA) of FEATURES' rows, in the same order."""
         ...
 
     def close(self) -> None:

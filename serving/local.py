@@ -66,9 +66,9 @@ class LocalEngine:
                                 self.ds.attributes, sources=LOADED.where(where), daily=daily,
                                 features=self.model.features, event_types=self.event_types)
 
-    def score(self, chunk: Chunk) -> tuple[pa.Table, pd.DataFrame]:
-        frame = self.features(chunk)
-        return score_table(self.model, frame), frame
+    def records(self, features: pd.DataFrame) -> pa.Table:
+        """Score records of FEATURES; touches no DuckDB state, so it runs beside `features`."""
+        return score_table(self.model, features)
 
     def close(self) -> None:
         """Drop the whole-base rollup, if any, and the event types; the DataSet itself

@@ -167,7 +167,7 @@ def test_drift_report_names_features_over_threshold():
 def test_unfinished_job_is_not_mixed_with_another(env, tmp_path, monkeypatch):
     out = tmp_path / "scores.parquet"
     calls = []
-    real = batch.LocalEngine.score
+    real = batch.LocalEngine.features
 
     def crash_after_first(self, chunk):
         if calls:
@@ -175,10 +175,13 @@ def test_unfinished_job_is_not_mixed_with_another(env, tmp_path, monkeypatch):
         calls.append(chunk)
         return real(self, chunk)
 
-    monkeypatch.setattr(batch.LocalEngine, "score", crash_after_first)
+    # Crashes while the second chunk's features are computed and the first is scored in
+    # the worker thread: the first chunk's part is still written.
+    monkeypatch.setattr(batch.LocalEngine, "features", crash_after_first)
     with pytest.raises(KeyboardInterrupt, match="simulated crash"):
         run_batch(env.job(out), env.settings, log=lambda *_: None, progress=False)
     assert not out.exists() and (parts_dir(out) / "part-00000.parquet").exists()
+    assert not (parts_dir(out) / "part-00001.parquet").exists()
     with pytest.raises(BatchError, match="unfinished job: pass --resume"):
         run_batch(env.job(out), env.settings, log=lambda *_: None, progress=False)
     with pytest.raises(BatchError, match=rf"cannot resume: .*as-of date: '{AS_OF}' on disk, "

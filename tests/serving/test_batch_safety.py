@@ -44,17 +44,18 @@ def reference(env, tmp_path_factory) -> pd.DataFrame:
 
 
 def crash_after(monkeypatch, n: int) -> list:
-    """Make the local engine raise KeyboardInterrupt after N chunks; returns the chunks scored."""
+    """Make the local engine raise KeyboardInterrupt after N chunks (while computing the
+    features of the next one, the Nth being scored then); returns the chunks started."""
     scored = []
-    real = batch.LocalEngine.score
+    real = batch.LocalEngine.features
 
-    def score(self, chunk):
+    def features(self, chunk):
         if len(scored) >= n:
             raise KeyboardInterrupt("simulated crash")
         scored.append(chunk.index)
         return real(self, chunk)
 
-    monkeypatch.setattr(batch.LocalEngine, "score", score)
+    monkeypatch.setattr(batch.LocalEngine, "features", features)
     return scored
 
 
