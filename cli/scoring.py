@@ -98,13 +98,19 @@ def score(args: argparse.Namespace) -> None:
     if "://" not in str(source) and not Path(source).exists():
         raise UsageError(f"data source {source} not found: set data.source in params.yaml "
                          "or pass --source")
-    require_store(tracking_uri(settings.mlflow))
+    store = tracking_uri(settings.mlflow)
+    require_store(store)
     quiet_mlflow()
     from churnlens.serving.batch import BatchJob, run_batch
     from churnlens.serving.stats import drift_warning, summary_lines
-    from churnlens.training.tracking import configure
 
-    configure(settings.mlflow)
+    if store.startswith("sqlite:///"):
+        # Read without MLflow (`serving.batch.load_model`), which then needs only the store.
+        os.environ["MLFLOW_TRACKING_URI"] = store
+    else:  # a tracking server: MLflow says at once when it does not answer
+        from churnlens.training.tracking import configure
+
+        configure(settings.mlflow)
     job = BatchJob(
         as_of=args.as_of, out=args.out if spark else Path(args.out),
         source=None if args.source is None else str(args.source), resume=args.resume,

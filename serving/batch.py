@@ -24,6 +24,8 @@ by the executors, OUT a parquet dataset folder); what the job and the engines sh
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -80,6 +82,9 @@ def load_model(model_uri: str) -> ChurnModel:
     A ``models:/NAME@ALIAS`` URI is resolved to its version first, so an alias that moves
     while the job runs cannot mix two models. Raises BatchError when nothing loads.
     """
+    model = _load_in_place(model_uri)
+    if model is not None:
+        return model
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -101,10 +106,36 @@ def load_model(model_uri: str) -> ChurnModel:
         msg = exc.message if isinstance(exc, MlflowException) else str(exc)
         raise BatchError(f"cannot load model {model_uri}: {msg}; train one with "
                          "`churnlens train` or pass --model-uri") from None
+    return _with_ref(model, ref)
+
+
+def _with_ref(model: ChurnModel, ref: dict) -> ChurnModel:
     model.info = {**model.info, **ref}
     if model.info.get("version") is not None:
         model.info["version"] = str(model.info["version"])
     return model
+
+
+def _load_in_place(model_uri: str) -> ChurnModel | None:
+    """MODEL_URI's model read where its file lies, without MLflow (whose import and store
+    cost more than a 50k-customer chunk): a registry version in the local SQLite store of
+    MLFLOW_TRACKING_URI whose artifacts are a local folder, resolved as `churnlens serve`
+    resolves it (`churnlens.serving.registry`). None for any other model or store, which
+    MLflow loads."""
+    from churnlens.serving import model_files, registry
+
+    try:
+        resolved = registry.resolve_local(model_uri, os.environ.get("MLFLOW_TRACKING_URI", ""))
+    except registry.NotRegistered as exc:
+        raise BatchError(f"cannot load model {model_uri}: {exc}; train one with "
+                         "`churnlens train` or pass --model-uri") from None
+    found = None if resolved is None else model_files.in_place(resolved)
+    if found is None or not model_files.complete(found.bundle):
+        return None
+    with open(found.bundle, "rb") as fh:
+        model = pickle.load(fh)
+    return _with_ref(model, {"name": resolved.name, "version": resolved.version,
+                             "run_id": resolved.run_id})
 
 
 def parse_as_of(value: str) -> pd.Timestamp:

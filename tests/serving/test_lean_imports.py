@@ -54,3 +54,19 @@ def test_a_trained_model_unpickles_without_them(trained_env, tmp_path):
     folder = mlflow.artifacts.download_artifacts(f"{trained_env.model_uri}/artifacts/bundle.pkl",
                                                  dst_path=str(tmp_path))
     assert imported_after(folder, str(trained_env.snapshot)) == []
+
+
+def test_the_batch_job_reads_a_local_registry_model_without_mlflow(trained_env):
+    # A version in a local SQLite store with its artifacts beside it: read in place, as
+    # `churnlens serve` reads it (importing MLflow and opening its store cost seconds).
+    probe = ("import json, sys\n"
+             "from churnlens.serving.batch import load_model\n"
+             f"model = load_model({trained_env.model_uri!r})\n"
+             "print(json.dumps([model.info_ref, 'mlflow' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=300, env={**os.environ,
+                                           "MLFLOW_TRACKING_URI": trained_env.tracking_uri})
+    assert out.returncode == 0, out.stderr
+    ref, imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ref["name"] == "churnlens" and ref["version"].isdigit() and ref["run_id"]
+    assert imported is False
