@@ -166,7 +166,8 @@ def missing_tables_message(found: dict[str, str], kind: str) -> str | None:
 def load_source(source, observed_until: str | pd.Timestamp | None = None, *,
                 horizon_days: int = Settings.model_fields["horizon_days"].default,
                 activity: str = ChurnSettings.model_fields["activity"].default,
-                value_event: str | None = None, now: pd.Timestamp | None = None) -> DataSet:
+                value_event: str | None = None, now: pd.Timestamp | None = None,
+                memory_limit: str = "2GB") -> DataSet:
     """Load and validate a data source, and recognise its shape.
 
     Args:
@@ -178,6 +179,7 @@ def load_source(source, observed_until: str | pd.Timestamp | None = None, *,
             shape and the first observable churn depend on (defaults: the built-in ones).
         value_event: `features.value_event`, reported when it never occurs (None: not checked).
         now: the load time; records dated after it are set aside (None: the clock).
+        memory_limit: DuckDB's memory limit (`connect`); past it DuckDB spills to disk.
 
     Returns:
         A `DataSet` whose connection holds tables customers, subscriptions, events,
@@ -190,7 +192,7 @@ def load_source(source, observed_until: str | pd.Timestamp | None = None, *,
         required value, a duplicate customer, a row for an unknown customer, or a value
         out of its range; the message names table, column, count and example customer ids.
     """
-    con = connect()
+    con = connect(memory_limit)
     report = LoadReport(source=str(source) if not isinstance(source, dict) else "in-memory frames")
     found = register_raw(con, source, report)
     kind = ("frames" if isinstance(source, dict) else "database tables"

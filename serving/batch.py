@@ -44,7 +44,7 @@ from churnlens.features.relations import from_item
 from churnlens.features.shapes import resolve_churn
 from churnlens.features.spine import build_spine, cutoff_relation
 from churnlens.serving.chunks import BatchError, Chunk, Engine, plan_chunks
-from churnlens.serving.local import LocalEngine
+from churnlens.serving.local import DUCKDB_MEMORY_LIMIT, LocalEngine
 from churnlens.serving.parts import (
     OutputLock,
     check_part,
@@ -344,8 +344,10 @@ def _run_locked(job: BatchJob, settings: Settings, log: Log, progress: bool, spa
                 ) -> BatchResult:
     model = load_model(job.model_uri)
     source = str(job.source or settings.data.source)
+    # The engine's limit from the start: the load needs no more (measured at 1M customers:
+    # 7.0 s against 7.8 s with 2 GB), and at 2 GB the load set the job's peak.
     ds = load_source(source, settings.data.observed_until, horizon_days=settings.horizon_days,
-                     activity=settings.churn.activity)
+                     activity=settings.churn.activity, memory_limit=DUCKDB_MEMORY_LIMIT)
     try:
         for line in ds.report.lines():
             log(line)
