@@ -89,8 +89,8 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     built here (and dropped afterwards) when None; labels: a relation from
     `churnlens.features.labels.build_labels`, joined in DuckDB so that only one frame is ever
     materialised in pandas. event_types: the types of SOURCES' events, for the rollup built
-    here (`build_events_daily`'s types). Returns rows sorted by customer_id then cutoff: customer_id (str),
-    cutoff, FEATURES (numeric ones float64) and LABEL_COLUMNS if given.
+    here (`build_events_daily`'s types). Returns rows sorted by customer_id then cutoff:
+    customer_id (str), cutoff, FEATURES (numeric ones float64) and LABEL_COLUMNS if given.
     """
     features = feature_list(fs, attributes) if features is None else features
     cutoffs, first = con.sql(f"SELECT count(DISTINCT cutoff), min(cutoff) "

@@ -104,9 +104,13 @@ def load_model(model_uri: str) -> ChurnModel:
         model = load_bundle(uri)
     except (MlflowException, FileNotFoundError) as exc:
         msg = exc.message if isinstance(exc, MlflowException) else str(exc)
-        raise BatchError(f"cannot load model {model_uri}: {msg}; train one with "
-                         "`churnlens train` or pass --model-uri") from None
+        raise _cannot_load(model_uri, msg) from None
     return _with_ref(model, ref)
+
+
+def _cannot_load(model_uri: str, why: str) -> BatchError:
+    return BatchError(f"cannot load model {model_uri}: {why}; train one with "
+                      "`churnlens train` or pass --model-uri")
 
 
 def _with_ref(model: ChurnModel, ref: dict) -> ChurnModel:
@@ -127,8 +131,7 @@ def _load_in_place(model_uri: str) -> ChurnModel | None:
     try:
         resolved = registry.resolve_local(model_uri, os.environ.get("MLFLOW_TRACKING_URI", ""))
     except registry.NotRegistered as exc:
-        raise BatchError(f"cannot load model {model_uri}: {exc}; train one with "
-                         "`churnlens train` or pass --model-uri") from None
+        raise _cannot_load(model_uri, str(exc)) from None
     found = None if resolved is None else model_files.in_place(resolved)
     if found is None or not model_files.complete(found.bundle):
         return None
