@@ -52,9 +52,12 @@ def chunk_stats(features: pd.DataFrame, records: pa.Table, reference: dict,
     scores["annual_revenue"], by_mrr = annual_revenue(features, records, ltv_horizon_days)
     scores["at_risk"] = scores["churn_probability"] * scores["annual_revenue"]
     tiers = scores.groupby("risk_tier")[["at_risk"]].agg(["size", "sum"])["at_risk"]
-    drivers = records.column("drivers").to_pylist()
-    scores["driver"] = [f"{d[0]['name']}: {d[0]['text']}" if d else "-" for d in drivers]
-    top = scores.sort_values(["churn_probability", "customer_id"], ascending=[False, True])
+    top = scores.sort_values(["churn_probability", "customer_id"],
+                             ascending=[False, True]).head(TOP_ACCOUNTS)
+    # The top driver of the top accounts only: all of a chunk's drivers as Python dicts cost
+    # more than the rest of its stats.
+    drivers = records.column("drivers").take(pa.array(top.index.to_numpy())).to_pylist()
+    top = top.assign(driver=[f"{d[0]['name']}: {d[0]['text']}" if d else "-" for d in drivers])
     hist = {}
     for name, ref in reference.items():
         if name == SCORE_KEY:
@@ -69,8 +72,8 @@ def chunk_stats(features: pd.DataFrame, records: pa.Table, reference: dict,
                   for t, r in tiers.iterrows()},
         "valued_by": {"mrr": int(by_mrr.sum()), "expected_revenue": int((~by_mrr).sum())},
         "ltv_horizon_days": ltv_horizon_days,
-        "top": top.head(TOP_ACCOUNTS)[["customer_id", "churn_probability", "risk_tier",
-                                       "annual_revenue", "driver"]].to_dict("records"),
+        "top": top[["customer_id", "churn_probability", "risk_tier", "annual_revenue",
+                     "driver"]].to_dict("records"),
         "histograms": hist,
     }
 
