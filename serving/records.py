@@ -19,7 +19,7 @@ from churnlens.serving.core import SURVIVAL_DAYS, Scored, score_columns
 from churnlens.training.bundle import ChurnModel
 from churnlens.training.drivers import DIRECTION
 
-SCORE_ROWS = 10_000  # rows scored at once: bounds the driver dicts alive at a time
+SCORE_ROWS = 10_000  # rows scored at once: bounds the drivers held as Python objects
 
 _DRIVER = pa.struct([
     ("name", pa.string()), ("feature", pa.string()),
@@ -71,8 +71,8 @@ def score_table(model: ChurnModel, frame: pd.DataFrame,
     """FRAME's score records as an Arrow table with RECORD_SCHEMA, equal to
     ``records_table(score_records(model, frame))`` but built from columns, without a dict
     per record (a third of the scoring time on large chunks). Scored in slices of
-    SCORE_ROWS rows, so a chunk never holds all its drivers as dicts at once; num_threads:
-    LightGBM's threads (None: its default; a Spark task uses 1)."""
+    SCORE_ROWS rows, so a chunk never holds all its drivers as Python objects at once;
+    num_threads: LightGBM's threads (None: its default; a Spark task uses 1)."""
     tables = [_columns_table(model, score_columns(model, frame.iloc[i:i + SCORE_ROWS],
                                                   num_threads=num_threads))
               for i in range(0, len(frame), SCORE_ROWS)]

@@ -206,9 +206,6 @@ class DriverColumns:
     text: list[str]
     playbook: list[str]
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
     def rows(self) -> list[list[dict]]:
         """Each row's drivers as dicts (see `explain`)."""
         drivers = [{"name": n, "feature": f, "value": v, "contribution": c,
@@ -267,13 +264,13 @@ def _drivers(layout: _Layout, playbooks: PlaybookSettings, columns: Columns,
     feature = top_feature[rows, group]
     names, groups = layout.names, layout.groups
     books = [getattr(playbooks, g) for g in groups]
-    row_list, feature_list = rows.tolist(), feature.tolist()
-    told = [names[j] for j in feature_list]
+    row_list, group_list = rows.tolist(), group.tolist()
+    told = [names[j] for j in feature.tolist()]
     return DriverColumns(
         offsets=np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(listed)))]),
-        name=[groups[g] for g in group.tolist()],
+        name=[groups[g] for g in group_list],
         feature=told,
         value=[columns.value(n, i) for n, i in zip(told, row_list, strict=True)],
         contribution=totals[rows, group].tolist(),
         text=[columns.sentence(n, i) for n, i in zip(told, row_list, strict=True)],
-        playbook=[books[g] for g in group.tolist()])
+        playbook=[books[g] for g in group_list])
