@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from churnlens.features.exact_sums import exact_sum
+from churnlens.features.exact_sums import DECIMAL, exact_sum
 from churnlens.features.known import days_between, latest_before, sql_string, utc_day, visible
 from churnlens.features.relations import timestamp_literal
 from churnlens.settings import FeatureSettings
@@ -25,27 +25,19 @@ if TYPE_CHECKING:  # the scoring path builds these queries' text without DuckDB
 
 
 def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str] = (),
-                     running_totals: bool = True, where: str | None = None,
-                     types: str | None = None) -> str:
+                     where: str | None = None, types: str | None = None) -> str:
     """Events of EVENTS per customer and day: total quantity, a bit per event type, value events.
 
     Event types beyond 64 share bits (their index modulo 64), so breadth is then a floor.
     Each of EVENT_TYPES (the types with features of their own, `choose_event_types`) adds
-    type{i}_quantity, its quantity that day, and (with RUNNING_TOTALS) type{i}_total, its
-    running total up to and including that day, which `recency_sql` reads for many cutoffs
-    (for one cutoff, `recent_days` and `recency_at_sql` need neither the totals, a window
-    over every day that took most of the rollup's time, nor the days before the windows).
-    where: a condition on the events' columns that keeps only some of them. types: a
+    type{i}_quantity, its quantity that day (`recency_sql` totals them since signup for many
+    cutoffs; for one cutoff, `recent_days` and `recency_at_sql` need no days before the
+    usage windows). where: a condition on the events' columns that keeps only some of them. types: a
     from-item whose `event` column holds the same types as EVENTS (default: EVENTS), from
     which the bits are numbered: a pass over every event less where WHERE keeps few.
     """
     per_type = "".join(f",\n {exact_sum('quantity', f'event = {sql_string(t)}')} "
                        f"AS type{i}_quantity" for i, t in enumerate(event_types))
-    # Summed in time order, so the same in every run. Exact DECIMAL sums here (which
-    # recency_at_sql takes for one cutoff) cost half as much again as the whole rollup.
-    running = "".join(f", sum(coalesce(type{i}_quantity, 0)) OVER (PARTITION BY customer_id "
-                      f"ORDER BY occurred_at ROWS UNBOUNDED PRECEDING) AS type{i}_total"
-                      for i in range(len(event_types)) if running_totals)
     return f"""
         WITH type_bits AS (
             SELECT event, row_number() OVER (ORDER BY event) - 1 AS type_index
@@ -62,7 +54,7 @@ def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str
                    {exact_sum('quantity', f'event = {sql_string(fs.value_event)}')}
                        AS value_quantity{per_type}
             FROM typed GROUP BY customer_id, day)
-        SELECT *{running} FROM days
+        SELECT * FROM days
     """
 
 
@@ -88,7 +80,7 @@ def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 
     bands are added up per window: fewer rows reach the many filtered sums.
     """
     edges = sorted({*fs.windows, 30, 60})  # the last is usage_days(fs)
-    band = " ".join(f"WHEN occurred_at >= cutoff - INTERVAL {e} DAY THEN {e}" for e in edges)
+    band = " ".join(f"WHEN days_before <= {e} THEN {e}" for e in edges)
     types = [f"type{i}" for i in range(event_types)]
     per_band = ", ".join([
         f"{exact_sum('quantity')} AS quantity", "count(*) AS active_days",
@@ -121,10 +113,33 @@ def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 
 
 def recency_sql(daily: str, cutoffs: str, event_types: int = 0) -> str:
     """Per customer and cutoff: days since the last active day before it, and with
-    EVENT_TYPES chosen types in the rollup, each type's total since signup (type{i}_total),
-    read from the running totals of the rollup's last day before each cutoff."""
+    EVENT_TYPES chosen types in the rollup, each type's total since signup (type{i}_total).
+
+    The rollup's days are summed per period between cutoffs first (the days before each
+    cutoff and not before the previous one), and the totals run over those periods: a
+    customer's few periods instead of every active day (a running window over every day of
+    the rollup took most of its time). Each period row is dated by its last day, so the last
+    one before a cutoff is the cutoff's (`latest_before`). The totals are exact sums
+    (`exact_sum`'s DECIMAL), run in period order and converted once.
+    """
+    quantities = [f"type{i}_quantity" for i in range(event_types)]
+    per_period = "".join(f", sum(CAST(coalesce(day.{q}, 0) AS {DECIMAL})) AS {q}"
+                         for q in quantities)
+    running = "".join(f", CAST(sum({q}) OVER (PARTITION BY customer_id ORDER BY occurred_at "
+                      f"ROWS UNBOUNDED PRECEDING) AS DOUBLE) AS type{i}_total"
+                      for i, q in enumerate(quantities))
     totals = [f"type{i}_total" for i in range(event_types)]
-    last = latest_before(daily, totals, cutoffs=cutoffs, time_column="occurred_at")
+    periods = f"""
+        SELECT customer_id, occurred_at{running}
+        FROM (SELECT day.customer_id, max(day.occurred_at) AS occurred_at{per_period}
+              FROM {daily} AS day
+              JOIN (SELECT active.day, min(known_at.cutoff) AS period_end
+                    FROM (SELECT DISTINCT occurred_at AS day FROM {daily} AS rollup) AS active
+                    JOIN {cutoffs} AS known_at ON active.day < known_at.cutoff
+                    GROUP BY active.day) AS period ON period.day = day.occurred_at
+              GROUP BY day.customer_id, period.period_end) AS per_period
+    """
+    last = latest_before(f"({periods})", totals, cutoffs=cutoffs, time_column="occurred_at")
     return f"""
         SELECT customer_id, cutoff{''.join(f', {t}' for t in totals)},
                {days_between('occurred_at', 'cutoff')} AS days_since_last_event

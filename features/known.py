@@ -43,7 +43,9 @@ def visible(table: str, source: str, *, spine: str | None = None, cutoffs: str |
     source: where to read it (a name or a parenthesised query).
     window_days None: all history, each row once per SPINE row (customer_id, cutoff) of its
     customer with a later cutoff. window_days N: rows recorded in [cutoff - N, cutoff), once
-    per row of CUTOFFS (one column `cutoff`, each cutoff once): a range join on a small side.
+    per row of CUTOFFS (one column `cutoff`, each cutoff once): a range join on a small side;
+    for a rollup, whose rows are midnights, a hash join on the day, with a `days_before`
+    column (1 for the day before the cutoff, up to N).
     Raises ValueError when the spine (all history) or the cutoffs (a window) are not given.
     """
     if table in DAILY_ROLLUPS:
@@ -66,11 +68,25 @@ def visible(table: str, source: str, *, spine: str | None = None, cutoffs: str |
     before = f"record.{time_column} < known_at.cutoff"
     if window_days is None:
         on = f"record.customer_id = known_at.customer_id AND {before}"
+    elif table in DAILY_ROLLUPS:
+        # A rollup's rows are midnights, as cutoffs are: the window's rows are those on
+        # one of its N days, found by equality with a small table of (cutoff, day), a hash
+        # join, instead of a range join (a third of the training set's usage part).
+        keys = _window_days(keys, int(window_days))
+        columns.append("known_at.days_before")
+        on = f"record.{time_column} = known_at.day"
     else:
         since = f"known_at.cutoff - INTERVAL {int(window_days)} DAY"
         on = f"{before} AND record.{time_column} >= {since}"
     return (f"SELECT known_at.cutoff, {', '.join(columns)} "
             f"FROM {source} AS record JOIN {keys} AS known_at ON {on}")
+
+
+def _window_days(cutoffs: str, days: int) -> str:
+    """A from-item of each cutoff's DAYS days before it: cutoff, day, days_before (1..DAYS)."""
+    before = ", ".join(f"({n})" for n in range(1, days + 1))
+    return (f"(SELECT cutoff, cutoff - INTERVAL 1 DAY * ago.n AS day, ago.n AS days_before "
+            f"FROM {cutoffs} AS window_end CROSS JOIN (VALUES {before}) AS ago(n))")
 
 
 def latest_before(source: str, columns: Sequence[str], *, cutoffs: str, time_column: str,

@@ -238,7 +238,7 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
     tables are; one_cutoff: SPINE holds a single cutoff, recency and the first value event
     are read from a summary of the events at it (`event_summary_sql`, `recency_at_sql`),
     and DAILY needs only the days of the usage windows, without running totals
-    (`events_daily_sql(..., running_totals=False, where=recent_days(...))`); summary: with
+    (`events_daily_sql(..., where=recent_days(...))`); summary: with
     ONE_CUTOFF, a from-item holding that summary already (the Spark job stages it), else a
     CTE computes it from the events;
     materialized: each part (CTE) is computed on its own before the joins (DuckDB's

@@ -57,7 +57,7 @@ def feature_frame(ds, as_of: pd.Timestamp, settings: Settings):
     spine_frame(spark, as_of, resolve_churn(settings.churn, ds)) \
         .createOrReplaceTempView("snapshot_spine")
     spark.sql(to_spark_sql(events_daily_sql(
-        fs, "events", event_types_of(plan.features), running_totals=False,
+        fs, "events", event_types_of(plan.features),
         where=recent_days(fs, as_of)))).createOrReplaceTempView("snapshot_daily")
     frame = spark.sql(to_spark_sql(feature_sql(fs, plan.features, spine="snapshot_spine",
                                                daily="snapshot_daily", one_cutoff=True)))

@@ -104,7 +104,7 @@ def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str,
     read_staged(spark, staging, "event_summary", schemas["event_summary"]) \
         .createOrReplaceTempView("staged_event_types")
     write("events_daily", spark.sql(to_spark_sql(events_daily_sql(
-        fs, "events", event_types, running_totals=False, where=recent_days(fs, as_of),
+        fs, "events", event_types, where=recent_days(fs, as_of),
         types="staged_event_types"), integer_sums=True)).join(ids, "customer_id", "inner"))
     return schemas
 
