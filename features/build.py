@@ -110,14 +110,27 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
             sql = (f"SELECT feature.*, {columns} FROM ({sql}) AS feature "
                    f"JOIN {from_item(labels)} AS label "
                    "ON label.customer_id = feature.customer_id AND label.cutoff = feature.cutoff")
-        # Through Arrow, strings arrive as categories: a fraction of the memory of Python
-        # strings. Streamed in batches so DuckDB never holds the whole result at once.
-        table = con.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS).read_all()
+        # In a list that each step empties: an argument stays referenced by its caller until
+        # the call returns, and each step frees its input a column at a time as it goes.
+        result = [query_arrow(con, sql)]
     finally:
         drop(con, own_daily)
-    # Sorted here, not in SQL (an ORDER BY would make DuckDB hold the whole result), and in
-    # Arrow, whose sort takes a fraction of pandas' time: a column at a time, each unsorted
-    # column released as its sorted copy is made, so the result is never held twice.
+    return arrow_to_frame(sorted_by_key(result), features)
+
+
+def query_arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """The result of SQL as an Arrow table. Through Arrow, strings arrive as categories: a
+    fraction of the memory of Python strings. Streamed in batches so DuckDB never holds the
+    whole result at once."""
+    return con.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS).read_all()
+
+
+def sorted_by_key(result: list[pa.Table]) -> list[pa.Table]:
+    """[the table of RESULT sorted by customer_id then cutoff], taken out of RESULT. Sorted here, not in SQL (an ORDER BY would
+    make DuckDB hold the whole result), and in Arrow, whose sort takes a fraction of pandas'
+    time: a column at a time, each unsorted column released as its sorted copy is made, so
+    the result is never held twice."""
+    table = result.pop()
     order = pc.sort_indices(table, sort_keys=[("customer_id", "ascending"),
                                               ("cutoff", "ascending")])
     pool = _arrow_pool()
@@ -125,8 +138,12 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     for name in names:
         ordered.append(pc.take(table.column(name), order, memory_pool=pool))
         table = table.drop_columns([name])
-    table = pa.Table.from_arrays(ordered, names=names)
-    del ordered, order
+    return [pa.Table.from_arrays(ordered, names=names)]
+
+
+def arrow_to_frame(result: list[pa.Table], features: Sequence[Feature]) -> pd.DataFrame:
+    """The table of RESULT, taken out of it, as the pandas frame `compute_features` returns."""
+    table = result.pop()
     ids = table.column("customer_id").to_numpy(zero_copy_only=False)  # Python str objects
     rest = table.drop_columns(["customer_id"])
     del table
@@ -134,7 +151,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     # the result is never whole twice: the 100k training set peaked 4.8 GiB without it. On
     # one thread: the 100k training set's 89 columns took 0.16 s, against 0.5-2 s threaded.
     frame = rest.to_pandas(strings_to_categorical=True, self_destruct=True, split_blocks=True,
-                           use_threads=False, memory_pool=pool)
+                           use_threads=False, memory_pool=_arrow_pool())
     del rest
     frame.insert(0, "customer_id", ids)
     for feature in features:

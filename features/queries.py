@@ -226,6 +226,20 @@ def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spin
     return [(name, builders[name]()) for name in builders if name in parts]
 
 
+def part_queries(fs: FeatureSettings, features: Sequence[Feature], *, spine: str, daily: str,
+                 sources: Sources = LOADED) -> list[tuple[str, str]]:
+    """The parts (CTEs) of `feature_sql` for many cutoffs, each as a query of its own:
+    (name, SQL), for measuring where a training set's time goes (benchmarks/features.py)."""
+    event_types = list(event_types_of(features))
+    _, parts = _select(fs, features, event_types)
+    if "days_to_renewal" in {f.name for f in features}:
+        parts.add("contract")
+    cutoffs = f"WITH cutoffs AS (SELECT DISTINCT cutoff FROM {spine} AS spine)"
+    return [(name, f"{cutoffs} SELECT * FROM ({sql}) AS part") for name, sql in
+            _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources,
+                   one_cutoff=False, summary=None)]
+
+
 def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str, daily: str,
                 sources: Sources = LOADED, one_cutoff: bool = False,
                 materialized: bool = False, summary: str | None = None) -> str:
