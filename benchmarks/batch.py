@@ -205,6 +205,9 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+FILED_PEAK_MIB = 1_638  # issue 12's "1.6 GiB at 1M today"
+
+
 def checks(results: dict) -> list[str]:
     jobs = {(j["engine"], j["base"]): j for j in results["jobs"]}
     rates = results["snapshot"]["rows_per_s"]
@@ -221,10 +224,12 @@ def checks(results: dict) -> list[str]:
                        f"customers/s ({meets} {JOB_TARGET:,}; load at start "
                        f"{job.get('load_average_at_start', ['?'])[0]})")
     if small and big:
-        ratio = big["peak_mib"] / small["peak_mib"]
-        ok = big["peak_mib"] < 6 * 1024 and ratio <= 1.25
-        out.append(f"1M peak {big['peak_mib']:,.0f} MiB = {ratio:.2f} x the 100k peak "
-                   f"({'meets' if ok else 'misses'} < 6 GiB and <= 1.25 x)")
+        peak, ratio = big["peak_mib"], big["peak_mib"] / small["peak_mib"]
+        out.append(f"1M peak {peak:,.0f} MiB ({'meets' if peak < 6 * 1024 else 'misses'} "
+                   f"< 6 GiB) = {ratio:.2f} x the 100k peak "
+                   f"({'meets' if ratio <= 1.25 else 'misses'} <= 1.25 x); issue 12 asks for "
+                   f"the 1M peak unchanged from its {FILED_PEAK_MIB:,} MiB when filed: "
+                   f"{peak / FILED_PEAK_MIB - 1:+.0%}")
     return out
 
 
