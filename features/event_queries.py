@@ -71,13 +71,17 @@ def recent_days(fs: FeatureSettings, cutoff: pd.Timestamp) -> str:
             f"AND occurred_at < {at} + INTERVAL 1 DAY")
 
 
-def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 0) -> str:
+def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 0,
+              ordered: bool = False) -> str:
     """Per customer and cutoff: events and active days per window, the 30 days before, breadth.
 
     With EVENT_TYPES chosen types in the rollup, also type{i}_{w}d per window w and
     type{i}_prev_30d: the quantity of type i. Two steps: the days of each cutoff's longest
     window are summed per age band first (the bands between the windows' edges), then the
-    bands are added up per window: fewer rows reach the many filtered sums.
+    bands are added up per window: fewer rows reach the many filtered sums. ORDERED (DuckDB
+    only: Spark would sort the whole chunk for it): the bands reach the second step in
+    customer and cutoff order, which took the 100k training set's usage part from 8.1 to
+    7.2-7.4 s, its sort included (hash order scatters a group's rows).
     """
     edges = sorted({*fs.windows, 30, 60})  # the last is usage_days(fs)
     band = " ".join(f"WHEN days_before <= {e} THEN {e}" for e in edges)
@@ -106,7 +110,8 @@ def usage_sql(fs: FeatureSettings, daily: str, cutoffs: str, event_types: int = 
         SELECT customer_id, cutoff, {', '.join(parts)}
         FROM (SELECT customer_id, cutoff, band, {per_band}
               FROM (SELECT *, CASE {band} END AS band FROM ({days}) AS active_day) AS banded
-              GROUP BY customer_id, cutoff, band) AS per_band
+              GROUP BY customer_id, cutoff, band{" ORDER BY customer_id, cutoff" if ordered else ""}
+              ) AS per_band
         GROUP BY customer_id, cutoff
     """
 

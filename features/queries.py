@@ -204,15 +204,16 @@ def _select(fs: FeatureSettings, features: Sequence[Feature],
 
 def _parts(fs: FeatureSettings, parts: set[str], event_types: list[str], *, spine: str,
            daily: str, sources: Sources, one_cutoff: bool,
-           summary: str | None) -> list[tuple[str, str]]:
-    """The CTEs (name, SQL) the feature columns read, in dependency order."""
+           summary: str | None, duckdb: bool = False) -> list[tuple[str, str]]:
+    """The CTEs (name, SQL) the feature columns read, in dependency order; DUCKDB: for
+    DuckDB only (see `usage_sql`'s ordered)."""
     summarized = one_cutoff and bool(parts & {"recency", "first_value_dates"})
     if summarized and summary is None:
         parts = parts | {"event_summary"}
         summary = "event_summary"
     builders = {
         "event_summary": lambda: event_summary_sql(sources.events, "cutoffs"),
-        "usage": lambda: usage_sql(fs, daily, "cutoffs", len(event_types)),
+        "usage": lambda: usage_sql(fs, daily, "cutoffs", len(event_types), ordered=duckdb),
         "recency": lambda: (recency_at_sql(summary, "cutoffs", event_types) if one_cutoff
                             else recency_sql(daily, "cutoffs", len(event_types))),
         "first_value_dates": lambda: (first_value_sql(fs, summary, "first_at") if one_cutoff
@@ -237,7 +238,7 @@ def part_queries(fs: FeatureSettings, features: Sequence[Feature], *, spine: str
     cutoffs = f"WITH cutoffs AS (SELECT DISTINCT cutoff FROM {spine} AS spine)"
     return [(name, f"{cutoffs} SELECT * FROM ({sql}) AS part") for name, sql in
             _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources,
-                   one_cutoff=False, summary=None)]
+                   one_cutoff=False, summary=None, duckdb=True)]
 
 
 def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str, daily: str,
@@ -257,7 +258,8 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
     CTE computes it from the events;
     materialized: each part (CTE) is computed on its own before the joins (DuckDB's
     `AS MATERIALIZED`; not Spark SQL): run inline, the parts' aggregates and the joins'
-    hash tables all hold memory at once, which overran 2 GB for 100k customers' cutoffs.
+    hash tables all hold memory at once, which overran 2 GB for 100k customers' cutoffs;
+    the usage part's bands are also ordered for DuckDB (`usage_sql`'s ordered).
     lifecycle_stage has a renewal stage
     exactly when days_to_renewal is among FEATURES. Columns come in the order of FEATURES,
     after customer_id and cutoff. Raises ValueError for a feature it does not know.
@@ -275,7 +277,7 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
     how = "AS MATERIALIZED" if materialized else "AS"
     ctes = "".join(f",\n {name} {how} ({sql})" for name, sql in
                    _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources,
-                          one_cutoff=one_cutoff, summary=summary))
+                          one_cutoff=one_cutoff, summary=summary, duckdb=materialized))
     joins = "\n".join(
         f"LEFT JOIN {name} ON {name}.customer_id = spine.customer_id"
         + ("" if name == "first_value_dates" else f" AND {name}.cutoff = spine.cutoff")
