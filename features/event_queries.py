@@ -32,8 +32,8 @@ def events_daily_sql(fs: FeatureSettings, events: str, event_types: Sequence[str
     Each of EVENT_TYPES (the types with features of their own, `choose_event_types`) adds
     type{i}_quantity, its quantity that day (`recency_sql` totals them since signup for many
     cutoffs; for one cutoff, `recent_days` and `recency_at_sql` need no days before the
-    usage windows). where: a condition on the events' columns that keeps only some of them. types: a
-    from-item whose `event` column holds the same types as EVENTS (default: EVENTS), from
+    usage windows). where: a condition on the events' columns that keeps only some of them.
+    types: a from-item whose `event` column holds the same types as EVENTS (default: EVENTS), from
     which the bits are numbered: a pass over every event less where WHERE keeps few.
     """
     per_type = "".join(f",\n {exact_sum('quantity', f'event = {sql_string(t)}')} "
@@ -175,9 +175,9 @@ def event_summary_sql(events: str, cutoffs: str) -> str:
 def recency_at_sql(summary: str, cutoffs: str, event_types: Sequence[str] = ()) -> str:
     """`recency_sql` for CUTOFFS of a single cutoff, from the events' SUMMARY at it
     (`event_summary_sql`) instead of a rollup of every day. The same values (days are UTC
-    days), but for the totals of fractional quantities: an exact sum here, the rollup's
-    running sum of doubles there, which can differ in the last bit (whole counts are exact
-    in both)."""
+    days), but for the totals of fractional quantities: an exact sum of the events here,
+    there an exact sum of the rollup's days, each already rounded to a double, which can
+    differ in the last bit (whole counts are exact in both)."""
     # One summary row per customer and type: its total is that row's (max of one value).
     totals = "".join(f", max(per_type.quantity) FILTER (WHERE per_type.event = "
                      f"{sql_string(t)}) AS type{i}_total" for i, t in enumerate(event_types))
