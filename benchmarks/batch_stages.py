@@ -24,6 +24,17 @@ def bare_model(model, matrix) -> dict:
     return out
 
 
+def timed_into(seconds: dict[str, float], name: str, fn):
+    """FN, adding the seconds of each call to SECONDS[NAME]."""
+    def run(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+    return run
+
+
 # Stages timed in the scoring thread, which scores a chunk while the job thread computes
 # the next chunk's features (`serving.batch._score_chunks`): they overlap the features.
 SCORING_STAGES = ("scores (risk, survival, LTV)", "drivers: explain (groups, sentences)",
@@ -48,13 +59,7 @@ def profile_job(source: Path) -> dict:
     chunks: list = []
 
     def timed(name, fn):
-        def run(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
-        return run
+        return timed_into(seconds, name, fn)
 
     def keep_first(fn):
         def run(model, frame):

@@ -20,6 +20,8 @@ STEPS = (("build_spine", "spine"), ("build_labels", "labels"),
 def profile_build(folder: str) -> dict:
     """Seconds of each step of one training set of the source in FOLDER, and of each part
     of its feature query run alone (as a temporary table)."""
+    from batch_stages import timed_into  # benchmarks/, on the path of features.py's runs
+
     from churnlens.features import build
     from churnlens.features.catalog import event_types_of, plan_for_source
     from churnlens.features.cutoffs import training_cutoffs
@@ -30,23 +32,13 @@ def profile_build(folder: str) -> dict:
     from churnlens.settings import Settings
 
     steps: dict[str, float] = {}
-
-    def timed(label, fn):
-        def run(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                steps[label] = steps.get(label, 0.0) + time.perf_counter() - t0
-        return run
-
     settings = Settings()
     t0 = time.perf_counter()
     ds = load_source(folder)
     steps["load source"] = time.perf_counter() - t0
     originals = {name: getattr(build, name) for name, _ in STEPS}
     for name, label in STEPS:
-        setattr(build, name, timed(label, originals[name]))
+        setattr(build, name, timed_into(steps, label, originals[name]))
     try:
         t0 = time.perf_counter()
         build.build_training_set(ds, settings)

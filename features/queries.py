@@ -199,6 +199,11 @@ def _select(fs: FeatureSettings, features: Sequence[Feature],
     if unknown:
         raise ValueError(f"feature_sql: {len(unknown)} unknown feature(s) {unknown}; build the "
                          "list with churnlens.features.catalog.feature_plan")
+    if any(f.name == "days_to_renewal" for f in features):  # the renewal lifecycle stage
+        parts.add("contract")
+        columns.append("contract.billing_interval = 'year' AND "
+                       f"{_account_expressions()['days_to_renewal'][1]} "
+                       f"<= {fs.renewal_window_days} AS stage_renewal")
     return columns, parts - {""}
 
 
@@ -233,8 +238,6 @@ def part_queries(fs: FeatureSettings, features: Sequence[Feature], *, spine: str
     (name, SQL), for measuring where a training set's time goes (benchmarks/features.py)."""
     event_types = list(event_types_of(features))
     _, parts = _select(fs, features, event_types)
-    if "days_to_renewal" in {f.name for f in features}:
-        parts.add("contract")
     cutoffs = f"WITH cutoffs AS (SELECT DISTINCT cutoff FROM {spine} AS spine)"
     return [(name, f"{cutoffs} SELECT * FROM ({sql}) AS part") for name, sql in
             _parts(fs, parts, event_types, spine=spine, daily=daily, sources=sources,
@@ -268,11 +271,6 @@ def feature_sql(fs: FeatureSettings, features: Sequence[Feature], *, spine: str,
     event_types = list(event_types_of(features))
     columns, parts = _select(fs, features, event_types)
     renewal = "days_to_renewal" in names
-    if renewal:
-        parts.add("contract")
-        columns.append("contract.billing_interval = 'year' AND "
-                       f"{_account_expressions()['days_to_renewal'][1]} "
-                       f"<= {fs.renewal_window_days} AS stage_renewal")
     tenure = days_between("customer.signed_up_at", "spine.cutoff")
     how = "AS MATERIALIZED" if materialized else "AS"
     ctes = "".join(f",\n {name} {how} ({sql})" for name, sql in
