@@ -140,6 +140,7 @@ class SparkDataSet:
     shape: str = "subscriptions"
     churn_observable_from: pd.Timestamp | None = None
     runner: SparkRunner | None = field(default=None, repr=False)  # the loader's SQL on spark
+    files: dict[str, str] = field(default_factory=dict)  # table -> the path it was read from
 
     def __post_init__(self):
         if self.runner is None:
@@ -182,4 +183,4 @@ def load_source_spark(spark, source: str, observed_until: str | pd.Timestamp | N
     return SparkDataSet(spark=spark, observed_until=checked.observed_until,
                         attributes=checked.attributes, report=report, shape=checked.shape.name,
                         churn_observable_from=checked.shape.churn_observable_from,
-                        runner=runner)
+                        runner=runner, files=found)

@@ -8,6 +8,7 @@ scheme is Hadoop's default file system (the local disk in local mode).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import PurePosixPath
@@ -61,6 +62,19 @@ class Files:
             return []
         return sorted(str(s.getPath().getName()) for s in fs.listStatus(p))
 
+    def digest(self, path: str) -> str:
+        """A hash of what the file or folder PATH holds by its listing: each file's path
+        under PATH, length and modification time (a rewritten file has another time)."""
+        p, fs = self._at(path)
+        found = fs.listFiles(p, True)
+        base = str(fs.getFileStatus(p).getPath().toUri().getPath()).rstrip("/")
+        entries = []
+        while found.hasNext():
+            s = found.next()
+            name = str(s.getPath().toUri().getPath()).removeprefix(base)
+            entries.append(f"{name}\t{s.getLen()}\t{s.getModificationTime()}")
+        return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:16]
+
     def mkdirs(self, path: str) -> None:
         p, fs = self._at(path)
         fs.mkdirs(p)
@@ -89,6 +103,11 @@ class Files:
             self.delete(aside)
         else:
             self.rename(src, out)
+
+    def touch(self, path: str) -> None:
+        """An empty file at PATH (as Spark's ``_SUCCESS``)."""
+        p, fs = self._at(path)
+        fs.create(p, True).close()
 
     def write_json(self, path: str, data: dict) -> None:
         """DATA as JSON at PATH, written under a temporary name and renamed."""

@@ -2,15 +2,16 @@
 
 `run_spark_batch` is `churnlens.serving.batch.run_batch` for ``--engine spark``. The sources
 are read and validated by Spark (`churnlens.features.spark_loading.load_source_spark`, the
-local loader's rules); the spine and the feature SQL are the DuckDB SQL of
-`churnlens.features` translated (`churnlens.serving.spark.to_spark_sql`); the sources are
-staged partitioned by chunk (`churnlens.serving.spark_stage`); each chunk is scored in the
-tasks and committed as a folder of the output dataset (`churnlens.serving.spark_score`,
-`churnlens.serving.spark_output`). The driver only ever reads small aggregates: counts,
-chunk digests, per-task statistics (`churnlens.serving.spark_sql.small_rows`), so its
-memory does not grow with the base. With a master that is not ``local[...]`` the package is
-shipped to the executors first (`churnlens.serving.spark_ship`).
-"""
+local loader's rules); the spine is the DuckDB SQL of `churnlens.features` translated
+(`churnlens.serving.spark.to_spark_sql`); the sources are staged partitioned by chunk, the
+events as the rollup and summary one date's features read (`churnlens.serving.spark_stage`);
+each task takes one chunk's staged rows, computes its features with the local engine's
+feature SQL in a DuckDB of its own and scores them, and each chunk is committed as a folder
+of the output dataset (`churnlens.serving.spark_score`, `churnlens.serving.spark_output`).
+The driver only ever reads small aggregates: counts, chunk digests, per-chunk statistics
+(`churnlens.serving.spark_sql.small_rows`), so its memory does not grow with the base. With
+a master that is not ``local[...]`` the package is shipped to the executors first
+(`churnlens.serving.spark_ship`)."""
 
 from __future__ import annotations
 
@@ -27,24 +28,25 @@ from churnlens.features.queries import feature_sql
 from churnlens.features.shapes import resolve_churn
 from churnlens.serving.chunks import BatchError
 from churnlens.serving.parts import OutputLock
-from churnlens.serving.spark import overflow_error, spark_session, to_spark_sql
+from churnlens.serving.spark import overflow_error, spark_session
 from churnlens.serving.spark_files import Files, drift_path, is_local, join, sibling
 from churnlens.serving.spark_output import check_options, clear_leftovers, open_output, publish
-from churnlens.serving.spark_score import score_chunk
-from churnlens.serving.spark_sql import table_fingerprint
+from churnlens.serving.spark_score import score_wave
 from churnlens.serving.spark_stage import (
     CHUNK_DAILY,
     CHUNK_SPINE,
     CHUNK_SUMMARY,
     CHUNK_VIEWS,
-    chunk_views,
     spine_frame,
     stage_sources,
     stage_spine,
+    wave_input,
 )
 from churnlens.serving.stats import drift_report, merge_stats
 from churnlens.serving.workdir import MANIFEST_FORMAT, manifest_digest
 from churnlens.settings import Settings
+
+WAVE_TASKS = 2  # chunks per executor core in one Spark job of the scoring
 
 
 def session_for(master: str | None, spark=None, log=print):
@@ -106,38 +108,57 @@ def run_spark_batch(job, settings: Settings, log=print, progress: bool = True, s
                        time.perf_counter() - t0, currency, stats, drift)
 
 
+def _fingerprint(ds) -> dict[str, str]:
+    """Per table, "ROWS:DIGEST": the rows kept and a digest of its files' listing (paths,
+    sizes, modification times; `Files.digest`). Not the content hash of the local engine's
+    manifest (`churnlens.features.loading.fingerprint`): over the 1M base's tables that
+    hash was another 39 s of the cluster's job, and a rewritten file is told apart by its
+    time."""
+    files = Files(ds.spark)
+    return {t: f"{ds.report.rows_kept.get(t, 0)}:"
+               f"{files.digest(ds.files[t]) if t in ds.files else '-'}" for t in TABLES}
+
+
 def _manifest(job, model, source: str, ds, as_of, chunks) -> dict:
     """What identifies the job (the local job's manifest keys, `workdir.check_manifest`)."""
     until = str(ds.observed_until.date())
     return {"format": MANIFEST_FORMAT, "engine": "spark", "as_of": str(as_of.date()),
             "model": {"uri": job.model_uri, **model.info_ref}, "source": _source_name(source),
             "observed_until": until,
-            "data": {t: table_fingerprint(ds.spark, t) for t in TABLES} | {"observed_until": until},
+            "data": _fingerprint(ds) | {"observed_until": until},
             "chunk_size": job.chunk_size, "customers": sum(c.count for c in chunks),
             "chunks": [c.__dict__ for c in chunks]}
 
 
 def _score_todo(spark, todo, staged, staging: str, as_of, model, settings: Settings,
                 done: dict, work: str, files: Files, progress: bool) -> None:
-    """Stage the sources, then score and commit each chunk of TODO (its stats into DONE)."""
+    """Stage the sources, then score and commit TODO's chunks a wave at a time (their stats
+    into DONE): WAVE_TASKS chunks per executor core in each Spark job, so a failed job loses
+    one wave and `--resume` re-runs only the waves' chunks that did not commit."""
     schemas = stage_sources(staged, settings.features, event_types_of(model.features),
                             staging, as_of)
-    sql = to_spark_sql(feature_sql(settings.features, model.features, spine=CHUNK_SPINE,
-                                   daily=CHUNK_DAILY, sources=CHUNK_VIEWS, one_cutoff=True,
-                                   summary=CHUNK_SUMMARY))
+    sql = feature_sql(settings.features, model.features, spine=CHUNK_SPINE, daily=CHUNK_DAILY,
+                      sources=CHUNK_VIEWS, one_cutoff=True, summary=CHUNK_SUMMARY,
+                      materialized=True)
     model_bytes = spark.sparkContext.broadcast(pickle.dumps(model))
-    tasks = spark.sparkContext.defaultParallelism
+    # The chunks' one-partition unions are put side by side, not zipped into one partition
+    # as Spark 4 unions children of the same partitioning (`wave_frame`).
+    spark.conf.set("spark.sql.unionOutputPartitioning", "false")
+    size = WAVE_TASKS * spark.sparkContext.defaultParallelism
+    finished = 0
     try:
-        for i, chunk in enumerate(todo, 1):
+        for start in range(0, len(todo), size):
             t = time.perf_counter()
-            chunk_views(spark, staging, chunk, schemas)
-            done[chunk.index] = score_chunk(spark.sql(sql), chunk, model_bytes, model, work,
-                                            files, tasks)
+            wave = todo[start:start + size]
+            rows, layout = wave_input(spark, staging, wave, schemas)
+            done.update(score_wave(rows, layout, sql, wave, model_bytes, model, work, files))
+            finished += len(wave)
             if progress:
                 seconds = time.perf_counter() - t
-                print(f"chunk {chunk.index} ({i}/{len(todo)}): {chunk.count:,} customers in "
-                      f"{seconds:.1f} s ({chunk.count / seconds:,.0f}/s)", file=sys.stderr,
-                      flush=True)
+                customers = sum(c.count for c in wave)
+                print(f"chunks {wave[0].index}-{wave[-1].index} ({finished}/{len(todo)}): "
+                      f"{customers:,} customers in {seconds:.1f} s ({customers / seconds:,.0f}/s)",
+                      file=sys.stderr, flush=True)
     finally:
         model_bytes.destroy()
 

@@ -1,7 +1,7 @@
 """What the Spark job reads back on its driver: small, bounded results only.
 
 Every driver-side fetch of the Spark job goes through `small_rows`, which asks Spark for at
-most LIMIT + 1 rows and refuses more: chunk counts, fingerprints, per-partition statistics,
+most LIMIT + 1 rows and refuses more: chunk counts, per-chunk statistics,
 never records or features (tests/serving/test_spark_job.py checks the code for any other
 collect). `SparkRunner` gives the few small DuckDB-dialect queries of `churnlens.features`
 (the first sign-up of `check_as_of`, the table contents of `source_contents`, the event
@@ -67,12 +67,3 @@ class SparkRunner:
 
     execute = sql
 
-
-def table_fingerprint(spark, view: str) -> str:
-    """Rows and an order-free hash of every row of VIEW: "ROWS:HASHSUM" (the Spark
-    counterpart of `churnlens.features.loading.fingerprint`, for the job's manifest)."""
-    columns = ", ".join(f"`{c}`" for c in spark.table(view).columns)
-    row = small_rows(spark.sql(
-        f"SELECT count(*) AS n, coalesce(sum(CAST(xxhash64({columns}) AS DECIMAL(38,0))), 0) "
-        f"AS h FROM {view}"), f"the fingerprint of {view}")[0]
-    return f"{row['n']}:{row['h']}"

@@ -14,7 +14,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from churnlens.serving import spark_job
+from churnlens.serving import spark_job, spark_score, spark_stage
 from churnlens.serving.batch import BatchError, run_batch
 from churnlens.serving.records import table_records
 from churnlens.serving.spark import java_missing, overflow_error, spark_session, to_spark_sql
@@ -226,18 +226,39 @@ def test_dataset_equals_the_local_file(spark_run, local_out, local_records):
 
 @pytest.mark.slow
 @needs_spark
+def test_chunks_delivered_by_spark_equal_the_local_file(env, spark, local_records, tmp_path,
+                                                        monkeypatch):
+    # Staging on a store the tasks cannot open themselves (hdfs://, s3a://): Spark reads the
+    # chunks' staged rows and hands each task its chunk's; here the local staging is read
+    # that way too, so the path is tested on this machine.
+    seen = []
+
+    def delivered(spark, staging, chunks, schemas):
+        rows, layout = spark_stage.wave_frame(spark, staging, chunks, schemas)
+        seen.append(rows.rdd.getNumPartitions() == len(chunks))
+        return rows, layout
+
+    monkeypatch.setattr(spark_job, "wave_input", delivered)
+    r = _spark(env, spark, tmp_path / "scores")
+    assert seen and all(seen), "one partition per chunk"
+    assert r.chunks >= 2
+    assert_same_records(_records(tmp_path / "scores"), local_records, rel=1e-9)
+
+
+@pytest.mark.slow
+@needs_spark
 def test_resume_scores_only_the_chunks_that_did_not_commit(env, spark, local_records, tmp_path,
                                                            monkeypatch):
     out, scored = tmp_path / "scores", []
-    real = spark_job.score_chunk
+    real = spark_score.commit_chunk
 
-    def failing(features, chunk, *a, **kw):
+    def failing(found, chunk, *a, **kw):
         if len(scored) == 1:
             raise RuntimeError("executor lost")
         scored.append(chunk.index)
-        return real(features, chunk, *a, **kw)
+        return real(found, chunk, *a, **kw)
 
-    monkeypatch.setattr(spark_job, "score_chunk", failing)
+    monkeypatch.setattr(spark_score, "commit_chunk", failing)
     with pytest.raises(RuntimeError, match="executor lost"):
         _spark(env, spark, out)
     assert not out.exists(), "a reader must never see a half-written dataset"
@@ -249,9 +270,9 @@ def test_resume_scores_only_the_chunks_that_did_not_commit(env, spark, local_rec
         _spark(env, spark, out, source=str(tmp_path / "no-such-source"))
 
     again = []
-    monkeypatch.setattr(spark_job, "score_chunk",
-                        lambda features, chunk, *a, **kw: again.append(chunk.index)
-                        or real(features, chunk, *a, **kw))
+    monkeypatch.setattr(spark_score, "commit_chunk",
+                        lambda found, chunk, *a, **kw: again.append(chunk.index)
+                        or real(found, chunk, *a, **kw))
     r = _spark(env, spark, out, resume=True)
     assert scored[0] not in again and len(again) == r.chunks - 1 and r.chunks_resumed == 1
     assert_same_records(_records(out), local_records, rel=1e-9)
