@@ -19,6 +19,7 @@ import pandas as pd
 
 from churnlens.features.contract import TABLES
 from churnlens.features.event_queries import event_summary_sql, recent_days
+from churnlens.features.known import sql_string
 from churnlens.features.queries import events_daily_sql
 from churnlens.features.relations import Sources, timestamp_literal
 from churnlens.features.spine import cutoffs_sql, spine_sql
@@ -104,11 +105,15 @@ def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str,
     write("event_summary", spark.sql(to_spark_sql(event_summary_sql("events", "staged_cutoff"),
                                                   integer_sums=True))
           .join(ids, "customer_id", "inner"))
-    # The types, few, as a relation of known size: Spark then broadcasts them into the
-    # rollup's join instead of shuffling the events by type (94 s of the 1M job).
-    types = small_rows(read_staged(spark, staging, "event_summary", schemas["event_summary"])
-                       .select("event").distinct(), "the event types")
-    spark.createDataFrame([(r["event"],) for r in types], "event string") \
+    # The types, few, as an inline table (a relation of known size): Spark then broadcasts
+    # them into the rollup's join instead of shuffling the recent events by type (99 s of
+    # the 1M job; a DataFrame made from Python rows has no size Spark knows).
+    types = [r["event"] for r in small_rows(
+        read_staged(spark, staging, "event_summary", schemas["event_summary"])
+        .select("event").distinct(), "the event types")]
+    values = ", ".join(f"({sql_string(t)})" for t in types if t is not None)
+    spark.sql(f"SELECT * FROM VALUES {values} AS known(event)" if values else
+              "SELECT CAST(NULL AS STRING) AS event WHERE FALSE") \
         .createOrReplaceTempView("staged_event_types")
     write("events_daily", spark.sql(to_spark_sql(events_daily_sql(
         fs, "events", event_types, where=recent_days(fs, as_of),
