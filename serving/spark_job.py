@@ -21,22 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-from churnlens.features.catalog import event_types_of
 from churnlens.features.contract import TABLES
 from churnlens.features.extent import check_as_of
-from churnlens.features.queries import feature_sql
 from churnlens.features.shapes import resolve_churn
 from churnlens.serving.chunks import BatchError
 from churnlens.serving.parts import OutputLock
 from churnlens.serving.spark import overflow_error, spark_session
 from churnlens.serving.spark_files import Files, drift_path, is_local, join, sibling
 from churnlens.serving.spark_output import check_options, clear_leftovers, open_output, publish
-from churnlens.serving.spark_score import score_wave
+from churnlens.serving.spark_score import ChunkQuery, score_wave
 from churnlens.serving.spark_stage import (
-    CHUNK_DAILY,
-    CHUNK_SPINE,
-    CHUNK_SUMMARY,
-    CHUNK_VIEWS,
     spine_frame,
     stage_sources,
     stage_spine,
@@ -135,11 +129,8 @@ def _score_todo(spark, todo, staged, staging: str, as_of, model, settings: Setti
     """Stage the sources, then score and commit TODO's chunks a wave at a time (their stats
     into DONE): WAVE_TASKS chunks per executor core in each Spark job, so a failed job loses
     one wave and `--resume` re-runs only the waves' chunks that did not commit."""
-    schemas = stage_sources(staged, settings.features, event_types_of(model.features),
-                            staging, as_of)
-    sql = feature_sql(settings.features, model.features, spine=CHUNK_SPINE, daily=CHUNK_DAILY,
-                      sources=CHUNK_VIEWS, one_cutoff=True, summary=CHUNK_SUMMARY,
-                      materialized=True)
+    schemas, event_types = stage_sources(staged, settings.features, staging, as_of)
+    query = ChunkQuery(settings.features, as_of, tuple(event_types))
     model_bytes = spark.sparkContext.broadcast(pickle.dumps(model))
     # The chunks' one-partition unions are put side by side, not zipped into one partition
     # as Spark 4 unions children of the same partitioning (`wave_frame`).
@@ -151,7 +142,7 @@ def _score_todo(spark, todo, staged, staging: str, as_of, model, settings: Setti
             t = time.perf_counter()
             wave = todo[start:start + size]
             rows, layout = wave_input(spark, staging, wave, schemas)
-            done.update(score_wave(rows, layout, sql, wave, model_bytes, model, work, files))
+            done.update(score_wave(rows, layout, query, wave, model_bytes, model, work, files))
             finished += len(wave)
             if progress:
                 seconds = time.perf_counter() - t

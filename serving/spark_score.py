@@ -30,12 +30,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from churnlens.features.build import arrow_to_frame, query_arrow, sorted_by_key
+from churnlens.features.build import (
+    arrow_to_frame,
+    build_events_daily,
+    query_arrow,
+    sorted_by_key,
+)
+from churnlens.features.catalog import event_types_of
+from churnlens.features.queries import feature_sql
+from churnlens.features.relations import from_item
 from churnlens.serving.chunks import BatchError, Chunk
 from churnlens.serving.records import RECORD_SCHEMA, score_table
 from churnlens.serving.spark_files import Files, join
 from churnlens.serving.spark_sql import small_rows
 from churnlens.serving.stats import chunk_stats, merge_stats
+from churnlens.settings import FeatureSettings
 from churnlens.training.bundle import ChurnModel
 
 STATS = "_stats"
@@ -64,18 +73,40 @@ def chunk_tables(batches: list[pa.RecordBatch], layout) -> tuple[int, dict[str, 
     return chunks[0], tables
 
 
-def chunk_features(tables: dict[str, pa.Table], sql: str, features) -> pd.DataFrame:
-    """The feature rows of one chunk: SQL (the DuckDB feature query over the views of
-    TABLES) in a DuckDB of one thread, as `compute_features` returns them."""
-    import duckdb
+@dataclass(frozen=True)
+class ChunkQuery:
+    """What a task needs to compute its chunk's features: the feature settings, the scoring
+    date and the event types that number the daily rollup's type bits (the spine's
+    customers', `churnlens.serving.spark_stage.stage_sources`)."""
 
-    con = duckdb.connect(config={"threads": 1})
-    try:
-        for view, table in tables.items():
-            con.register(view, table)
-        return arrow_to_frame(sorted_by_key([query_arrow(con, sql)]), features)
-    finally:
-        con.close()
+    fs: FeatureSettings
+    as_of: pd.Timestamp
+    event_types: tuple[str, ...]
+
+    def features(self, tables: dict[str, pa.Table], features) -> pd.DataFrame:
+        """The feature rows of one chunk from TABLES (its staged rows by view name), in a
+        DuckDB of one thread, as `compute_features` returns them: the chunk's recent events
+        rolled up per day as the local engine rolls them (`build_events_daily`), then the
+        local engine's feature SQL itself."""
+        import duckdb
+
+        from churnlens.serving.spark_stage import CHUNK_SPINE, CHUNK_SUMMARY, CHUNK_VIEWS
+
+        con = duckdb.connect(config={"threads": 1})
+        try:
+            for view, table in tables.items():
+                con.register(view, table)
+            con.register("chunk_event_types", pa.table(
+                {"event": pa.array(self.event_types, pa.string())}))
+            daily = build_events_daily(con, self.fs, CHUNK_VIEWS, event_types_of(features),
+                                       cutoff=self.as_of,
+                                       types=con.table("chunk_event_types"))
+            sql = feature_sql(self.fs, features, spine=CHUNK_SPINE, daily=from_item(daily),
+                              sources=CHUNK_VIEWS, one_cutoff=True, summary=CHUNK_SUMMARY,
+                              materialized=True)
+            return arrow_to_frame(sorted_by_key([query_arrow(con, sql)]), features)
+        finally:
+            con.close()
 
 
 def _with_stats(records: pa.Table | None, chunk: int, stats: str | None) -> pa.RecordBatch:
@@ -125,7 +156,7 @@ def _naive(table: pa.Table) -> pa.Table:
     return table
 
 
-def score_task(model_bytes, model: ChurnModel, layout, sql: str):
+def score_task(model_bytes, model: ChurnModel, layout, query: ChunkQuery):
     """The function mapInArrow runs: a chunk's rows in (LAYOUT: `wave_frame`'s layout of
     its wide rows, or `StagedFiles` when the input holds only the chunk's number), its
     record batches and one statistics row out (see the module docstring)."""
@@ -141,7 +172,7 @@ def score_task(model_bytes, model: ChurnModel, layout, sql: str):
         del batches
         m: ChurnModel = pickle.loads(model_bytes.value)  # once per task
         for chunk, tables in work:
-            frame = chunk_features(tables or layout.tables(chunk), sql, m.features)
+            frame = query.features(tables or layout.tables(chunk), m.features)
             del tables
             if len(frame):
                 records = score_table(m, frame, num_threads=1)
@@ -152,7 +183,7 @@ def score_task(model_bytes, model: ChurnModel, layout, sql: str):
     return run
 
 
-def score_wave(rows, layout, sql: str, chunks: list[Chunk], model_bytes, model: ChurnModel,
+def score_wave(rows, layout, query: ChunkQuery, chunks: list[Chunk], model_bytes, model: ChurnModel,
                work: str, files: Files) -> dict[int, dict]:
     """Score ROWS (`wave_frame` of CHUNKS) and commit each chunk into WORK/chunk-NNNNN
     (`commit_chunk`); return each chunk's stats.
@@ -165,7 +196,7 @@ def score_wave(rows, layout, sql: str, chunks: list[Chunk], model_bytes, model: 
 
     writing = join(work, "_writing", f"wave-{chunks[0].index:05d}")
     files.delete(writing)
-    scored = rows.mapInArrow(score_task(model_bytes, model, layout, sql),
+    scored = rows.mapInArrow(score_task(model_bytes, model, layout, query),
                              from_arrow_schema(TASK_SCHEMA))
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:

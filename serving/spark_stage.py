@@ -5,8 +5,8 @@ chunk size): the same data give the same chunks, and a chunk is found from its i
 The validated sources (the temp views of `churnlens.features.spark_loading`) are staged
 once, each table restricted to the spine's customers and written as parquet partitioned by
 chunk; the events, the largest table by far, are staged only as what the features of one
-date read of them: the daily rollup of the usage windows' days and the summary per customer
-and event type (`event_summary_sql`). A chunk's scoring task then reads only its own
+date read of them: those of the usage windows' days and the summary per customer and event
+type (`event_summary_sql`). A chunk's scoring task then reads only its own
 partition of each (`wave_input`). The staging folder is under ``batch.spark.staging``
 (any path every executor can reach), by default ``OUT.staging`` beside the output.
 """
@@ -19,8 +19,6 @@ import pandas as pd
 
 from churnlens.features.contract import TABLES
 from churnlens.features.event_queries import event_summary_sql, recent_days
-from churnlens.features.known import sql_string
-from churnlens.features.queries import events_daily_sql
 from churnlens.features.relations import Sources, timestamp_literal
 from churnlens.features.spine import cutoffs_sql, spine_sql
 from churnlens.serving.chunks import BatchError, Chunk
@@ -30,12 +28,12 @@ from churnlens.serving.spark_sql import small_rows
 from churnlens.settings import ChurnSettings, FeatureSettings
 
 CHUNK_VIEWS = Sources(**{t: f"chunk_{t}" for t in TABLES})  # a chunk's contract tables
-CHUNK_SPINE, CHUNK_DAILY = "chunk_spine", "chunk_events_daily"
+CHUNK_SPINE = "chunk_spine"
 CHUNK_SUMMARY = "chunk_event_summary"  # `feature_sql(..., summary=CHUNK_SUMMARY)`
-STAGED_TABLES = tuple(t for t in TABLES if t != "events")  # the events are summarized
+STAGED_TABLES = tuple(t for t in TABLES if t != "events")  # the events: the recent ones
 # Each staged name and the view a chunk's feature query reads it as.
 STAGED_VIEWS = {t: CHUNK_VIEWS.of(t) for t in STAGED_TABLES} | {
-    "spine": CHUNK_SPINE, "events_daily": CHUNK_DAILY, "event_summary": CHUNK_SUMMARY}
+    "spine": CHUNK_SPINE, "events_recent": CHUNK_VIEWS.events, "event_summary": CHUNK_SUMMARY}
 
 
 def chunk_of(n: int) -> str:
@@ -77,14 +75,16 @@ def stage_spine(spine, chunk_size: int, staging: str):
     return staged, chunks
 
 
-def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str,
-                  as_of: pd.Timestamp) -> dict:
-    """Write each contract table but the events (the spine's customers only), the daily
-    event rollup of EVENT_TYPES and the events' summary at AS_OF to STAGING/<name>,
-    partitioned by chunk. The rollup holds only the days the usage windows of AS_OF read,
-    without running totals; recency and the first value event come from the summary
-    (`feature_sql(..., one_cutoff=True, summary=...)`). Returns the schema of each staged
-    name (with the spine's), for `chunk_views`."""
+def stage_sources(staged_spine, fs: FeatureSettings, staging: str,
+                  as_of: pd.Timestamp) -> tuple[dict, list[str]]:
+    """Write each contract table but the events (the spine's customers only), the events
+    the usage windows of AS_OF read (``events_recent``) and the events' summary at AS_OF to
+    STAGING/<name>, partitioned by chunk. Each task rolls its chunk's recent events up per
+    day itself, as the local engine does per chunk (`build_events_daily`); recency and the
+    first value event come from the summary (`feature_sql(..., one_cutoff=True,
+    summary=...)`). Returns the schema of each staged name (with the spine's), for
+    `wave_input`, and the event types of the spine's customers, which number the rollup's
+    type bits."""
     spark = staged_spine.sparkSession
     ids = staged_spine.select("customer_id", "chunk")
     schemas = {"spine": staged_spine.schema}
@@ -95,31 +95,23 @@ def stage_sources(staged_spine, fs: FeatureSettings, event_types, staging: str,
 
     for table in STAGED_TABLES:
         write(table, spark.table(table).join(ids, "customer_id", "inner"))
-    # Both are per customer, with exact sums in integers (every event passes through them):
+    # Per customer and type, with exact sums in integers (every event passes through it):
     # aggregated over every customer's events first, then joined to the spine's, so the join
-    # meets a row per customer (and day or type), not every event. The rollup numbers its
-    # type bits from the summary's types (the spine's customers'), not from another pass
-    # over every event.
+    # meets a row per customer and type, not every event.
     spark.sql(to_spark_sql(f"SELECT {timestamp_literal(as_of)} AS cutoff")) \
         .createOrReplaceTempView("staged_cutoff")
     write("event_summary", spark.sql(to_spark_sql(event_summary_sql("events", "staged_cutoff"),
                                                   integer_sums=True))
           .join(ids, "customer_id", "inner"))
-    # The types, few, as an inline table (a relation of known size): Spark then broadcasts
-    # them into the rollup's join instead of shuffling the recent events by type (a
-    # DataFrame made from Python rows has no size Spark knows). The 1M base's rollup: 99 s
-    # on the two-worker cluster before, 82 s after: its many filtered sums cost the rest.
+    # The recent events as they are (a sixth of them here): Spark's rollup of them, with a
+    # pair of integer sums per type, took 82 s of the 1M job on the two-worker cluster.
+    write("events_recent", spark.sql(to_spark_sql(
+        f"SELECT * FROM events WHERE {recent_days(fs, as_of)}"))
+        .join(ids, "customer_id", "inner"))
     types = [r["event"] for r in small_rows(
         read_staged(spark, staging, "event_summary", schemas["event_summary"])
         .select("event").distinct(), "the event types")]
-    values = ", ".join(f"({sql_string(t)})" for t in types if t is not None)
-    spark.sql(f"SELECT * FROM VALUES {values} AS known(event)" if values else
-              "SELECT CAST(NULL AS STRING) AS event WHERE FALSE") \
-        .createOrReplaceTempView("staged_event_types")
-    write("events_daily", spark.sql(to_spark_sql(events_daily_sql(
-        fs, "events", event_types, where=recent_days(fs, as_of),
-        types="staged_event_types"), integer_sums=True)).join(ids, "customer_id", "inner"))
-    return schemas
+    return schemas, sorted(t for t in types if t is not None)
 
 
 def read_staged(spark, staging: str, name: str, schema):

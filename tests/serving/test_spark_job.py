@@ -192,7 +192,7 @@ def spark_run(env, spark, tmp_path_factory) -> dict:
     real = spark_job.stage_sources
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(spark_job, "stage_sources",
-                   lambda spine, fs, types, at, *a: used.append(at) or real(spine, fs, types, at, *a))
+                   lambda spine, fs, at, *a: used.append(at) or real(spine, fs, at, *a))
         settings = Settings(data={"source": env.trained.source},
                             batch={"spark": {"staging": str(staging)}})
         result = run_batch(env.job(out, chunk_size=CHUNK, engine="spark"), settings,
