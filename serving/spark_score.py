@@ -1,21 +1,22 @@
 """Scoring chunks on the executors, and committing each as a folder of the output.
 
-A task gets one chunk's staged rows (`churnlens.serving.spark_stage.wave_frame`), puts them
-in a DuckDB of its own (one thread), computes the chunk's features there with the local
-engine's feature SQL itself (`feature_sql`, not a translation: Spark's plan of it took 20 s
-a chunk of 47,000 customers on the two-worker cluster, DuckDB 1.7 s), and scores them with
-the scoring core's column path, `churnlens.serving.records.score_table` (the model broadcast
-once and unpickled once per task, one LightGBM thread). The records leave the task as the
-Arrow batches score_table builds, with their chunk; each task also computes
+A task gets one chunk's staged rows (it reads them itself from a staging folder every
+executor mounts, `StagedFiles`; elsewhere Spark hands them over, `spark_stage.wave_frame`),
+puts them in a DuckDB of its own (one thread), rolls the chunk's recent events up per day
+(`build_events_daily`) and computes the chunk's features with the local engine's feature SQL
+itself (`ChunkQuery`; not a translation: Spark's plan of it took 20 s a chunk of 47,000
+customers on the two-worker cluster, DuckDB 1.7 s), and scores them with the scoring core's
+column path, `churnlens.serving.records.score_table` (the model broadcast once and unpickled
+once per task, one LightGBM thread). The records leave the task as the Arrow batches
+score_table builds, with their chunk; each task also computes
 `churnlens.serving.stats.chunk_stats` of its chunk and sends them as one extra row
 (``_stats``, JSON): the driver reads those rows only (one per chunk), never the records.
 
-The records of a wave of chunks are computed once (persisted), then each chunk's are written
-by the executors under ``_writing/`` of the output's temporary folder; the driver checks the
-written rows' count and id digest against the manifest's chunk, puts the chunk's statistics
-beside them (``_stats.json``) and renames the folder to ``chunk-NNNNN``: a chunk folder
-exists only complete.
-"""
+A wave of chunks is computed and written by one Spark job (persisted, a folder ``chunk=N``
+per chunk under ``_writing/`` of the output's temporary folder); the driver then checks each
+chunk's count and id digest against the manifest's chunk, puts its statistics
+(``_stats.json``) and ``_SUCCESS`` beside its records and renames the folder to
+``chunk-NNNNN`` (`commit_chunk`): a chunk folder exists only complete."""
 
 from __future__ import annotations
 
