@@ -81,7 +81,8 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
                      sources: Sources = LOADED, daily: duckdb.DuckDBPyRelation | None = None,
                      labels: duckdb.DuckDBPyRelation | None = None,
                      features: Sequence[Feature] | None = None,
-                     event_types: duckdb.DuckDBPyRelation | None = None) -> pd.DataFrame:
+                     event_types: duckdb.DuckDBPyRelation | None = None,
+                     summary: str | None = None) -> pd.DataFrame:
     """Features for every row of SPINE (customer_id, cutoff), as a pandas frame.
 
     features: the columns to build (`churnlens.features.catalog.plan_for_source`, or a
@@ -91,7 +92,9 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     built here (and dropped afterwards) when None; labels: a relation from
     `churnlens.features.labels.build_labels`, joined in DuckDB so that only one frame is ever
     materialised in pandas. event_types: the types of SOURCES' events, for the rollup built
-    here (`build_events_daily`'s types). Returns rows sorted by customer_id then cutoff:
+    here (`build_events_daily`'s types); summary: for a SPINE of one cutoff, a
+    from-item holding the events' summary at it (`feature_sql`'s; the Spark job's tasks, whose
+    SOURCES hold the recent events only). Returns rows sorted by customer_id then cutoff:
     customer_id (str), cutoff, FEATURES (numeric ones float64) and LABEL_COLUMNS if given.
     """
     features = feature_list(fs, attributes) if features is None else features
@@ -104,7 +107,8 @@ def compute_features(con: duckdb.DuckDBPyConnection, spine: duckdb.DuckDBPyRelat
     try:
         sql = feature_sql(fs, features, spine=from_item(spine),
                           daily=from_item(daily if daily is not None else own_daily),
-                          sources=sources, one_cutoff=one_cutoff, materialized=True)
+                          sources=sources, one_cutoff=one_cutoff, materialized=True,
+                          summary=summary)
         if labels is not None:
             columns = ", ".join(f"label.{c}" for c in LABEL_COLUMNS)
             sql = (f"SELECT feature.*, {columns} FROM ({sql}) AS feature "

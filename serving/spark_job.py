@@ -4,7 +4,8 @@
 are read and validated by Spark (`churnlens.features.spark_loading.load_source_spark`, the
 local loader's rules); the spine is the DuckDB SQL of `churnlens.features` translated
 (`churnlens.serving.spark.to_spark_sql`); the sources are staged partitioned by chunk, the
-events as the rollup and summary one date's features read (`churnlens.serving.spark_stage`);
+events as the recent ones and their summary per customer and type
+(`churnlens.serving.spark_stage`);
 each task takes one chunk's staged rows, computes its features with the local engine's
 feature SQL in a DuckDB of its own and scores them, and each chunk is committed as a folder
 of the output dataset (`churnlens.serving.spark_score`, `churnlens.serving.spark_output`).
@@ -130,7 +131,7 @@ def _score_todo(spark, todo, staged, staging: str, as_of, model, settings: Setti
     into DONE): WAVE_TASKS chunks per executor core in each Spark job, so a failed job loses
     one wave and `--resume` re-runs only the waves' chunks that did not commit."""
     schemas, event_types = stage_sources(staged, settings.features, staging, as_of)
-    query = ChunkQuery(settings.features, as_of, tuple(event_types))
+    query = ChunkQuery(settings.features, tuple(event_types))
     model_bytes = spark.sparkContext.broadcast(pickle.dumps(model))
     # The chunks' one-partition unions are put side by side, not zipped into one partition
     # as Spark 4 unions children of the same partitioning (`wave_frame`).

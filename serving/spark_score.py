@@ -3,7 +3,7 @@
 A task gets one chunk's staged rows (it reads them itself from a staging folder every
 executor mounts, `StagedFiles`; elsewhere Spark hands them over, `spark_stage.wave_frame`),
 puts them in a DuckDB of its own (one thread), rolls the chunk's recent events up per day
-(`build_events_daily`) and computes the chunk's features with the local engine's feature SQL
+and computes the chunk's features with the local engine's `compute_features` and feature SQL
 itself (`ChunkQuery`; not a translation: Spark's plan of it took 20 s a chunk of 47,000
 customers on the two-worker cluster, DuckDB 1.7 s), and scores them with the scoring core's
 column path, `churnlens.serving.records.score_table` (the model broadcast once and unpickled
@@ -31,15 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from churnlens.features.build import (
-    arrow_to_frame,
-    build_events_daily,
-    query_arrow,
-    sorted_by_key,
-)
-from churnlens.features.catalog import event_types_of
-from churnlens.features.queries import feature_sql
-from churnlens.features.relations import from_item
+from churnlens.features.build import compute_features
 from churnlens.serving.chunks import BatchError, Chunk
 from churnlens.serving.records import RECORD_SCHEMA, score_table
 from churnlens.serving.spark_files import Files, join
@@ -76,19 +68,17 @@ def chunk_tables(batches: list[pa.RecordBatch], layout) -> tuple[int, dict[str, 
 
 @dataclass(frozen=True)
 class ChunkQuery:
-    """What a task needs to compute its chunk's features: the feature settings, the scoring
-    date and the event types that number the daily rollup's type bits (the spine's
-    customers', `churnlens.serving.spark_stage.stage_sources`)."""
+    """What a task needs to compute its chunk's features: the feature settings and the event
+    types that number the daily rollup's type bits (the spine's customers',
+    `churnlens.serving.spark_stage.stage_sources`)."""
 
     fs: FeatureSettings
-    as_of: pd.Timestamp
     event_types: tuple[str, ...]
 
     def features(self, tables: dict[str, pa.Table], features) -> pd.DataFrame:
         """The feature rows of one chunk from TABLES (its staged rows by view name), in a
-        DuckDB of one thread, as `compute_features` returns them: the chunk's recent events
-        rolled up per day as the local engine rolls them (`build_events_daily`), then the
-        local engine's feature SQL itself."""
+        DuckDB of one thread: the local engine's `compute_features` itself, the chunk's
+        recent events rolled up per day there, recency read from the staged summary."""
         import duckdb
 
         from churnlens.serving.spark_stage import CHUNK_SPINE, CHUNK_SUMMARY, CHUNK_VIEWS
@@ -99,13 +89,10 @@ class ChunkQuery:
                 con.register(view, table)
             con.register("chunk_event_types", pa.table(
                 {"event": pa.array(self.event_types, pa.string())}))
-            daily = build_events_daily(con, self.fs, CHUNK_VIEWS, event_types_of(features),
-                                       cutoff=self.as_of,
-                                       types=con.table("chunk_event_types"))
-            sql = feature_sql(self.fs, features, spine=CHUNK_SPINE, daily=from_item(daily),
-                              sources=CHUNK_VIEWS, one_cutoff=True, summary=CHUNK_SUMMARY,
-                              materialized=True)
-            return arrow_to_frame(sorted_by_key([query_arrow(con, sql)]), features)
+            return compute_features(con, con.table(CHUNK_SPINE), self.fs, {},
+                                    sources=CHUNK_VIEWS, features=features,
+                                    event_types=con.table("chunk_event_types"),
+                                    summary=CHUNK_SUMMARY)
         finally:
             con.close()
 

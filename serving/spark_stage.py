@@ -146,7 +146,7 @@ def wave_input(spark, staging: str, chunks: list[Chunk], schemas: dict):
 def wave_frame(spark, staging: str, chunks: list[Chunk], schemas: dict):
     """The staged rows of CHUNKS as one frame with a partition per chunk, and its layout.
 
-    Every staged name's rows of a chunk (spine, tables, rollup, summary) in one wide frame:
+    Every staged name's rows of a chunk (spine, tables, recent events, summary) in one wide frame:
     a column ``_name`` (the staged name's index in LAYOUT), ``chunk``, ``customer_id``, and
     each other column of each name as ``_<index>_<position>`` (null in other names' rows).
     Each chunk's union is coalesced into one partition (no shuffle: its files are read by

@@ -143,8 +143,8 @@ class SparkCluster:
         if not conf.is_dir():
             conf.mkdir()
             lines = [f"{k} {v}" for k, v in DRIVER_DEFAULTS.items()]
-            # Executors as large as their worker allows (Spark's default is 1g whatever the
-            # worker offers: on 4g workers the aggregations spilled at 1g).
+            # Executors as large as their worker allows (Spark's default is 1g, whatever
+            # the worker offers).
             (conf / "spark-defaults.conf").write_text("\n".join(
                 [*lines, f"spark.pyspark.python {self.python}",
                  f"spark.executor.memory {self.memory}"]) + "\n")
